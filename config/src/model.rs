@@ -1,0 +1,803 @@
+//! The typed configuration model.
+//!
+//! Every field that the four seed profiles use is here, plus the `edge` profile and the
+//! node's own sections (`node`, `api`, `logging`, `redis`, `agents`). Every struct rejects
+//! unknown keys. Where the seeds spell the same setting two ways, both spellings are accepted
+//! and must agree (see `docs/CONFIG.md`, "Seed compatibility").
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration as StdDuration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::de::soft;
+
+/// The top-level document of a profile file (`profiles/<id>.yaml`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Which deployment profile this document describes; drives defaults and rules.
+    pub profile: ProfileKind,
+    pub deployment_mode: DeploymentMode,
+    pub node: NodeSection,
+    pub api: ApiSection,
+    pub logging: Logging,
+    pub llms: Vec<LlmBackend>,
+    pub media_generation: Vec<MediaBackend>,
+    pub security: Security,
+    pub messaging: Messaging,
+    pub message_bus: MessageBus,
+    pub storage: Storage,
+    pub database: Database,
+    pub vector: Vector,
+    pub redis: Redis,
+    pub orchestrator: Orchestrator,
+    pub plugins: Plugins,
+    pub federation: Federation,
+    pub auth: Auth,
+    pub services: Vec<AgentService>,
+    pub agents: BTreeMap<String, AgentConfig>,
+    pub orchestration: Orchestration,
+    pub monitoring: Monitoring,
+    pub backup: Backup,
+    pub bootstrap: Bootstrap,
+    pub gitops: GitOps,
+}
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $s:literal),+ $(,)? } default $def:ident) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $s)] $variant),+
+        }
+        impl Default for $name {
+            fn default() -> Self { Self::$def }
+        }
+        impl $name {
+            /// The spelling used in YAML.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $s),+ }
+            }
+            /// Every accepted spelling.
+            pub const ALL: &'static [&'static str] = &[$($s),+];
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok(Self::$variant),)+
+                    _ => Err(format!("unknown value `{s}`; expected one of: {}", Self::ALL.join(", "))),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// The five deployment profiles.
+    ProfileKind {
+        Standalone => "standalone",
+        DeveloperNode => "developer_node",
+        FederationNode => "federation_node",
+        Enterprise => "enterprise",
+        Edge => "edge",
+    } default Standalone
+);
+
+impl ProfileKind {
+    pub const VARIANTS: [ProfileKind; 5] =
+        [Self::Standalone, Self::DeveloperNode, Self::FederationNode, Self::Enterprise, Self::Edge];
+
+    /// The deployment mode a profile runs in.
+    pub fn deployment_mode(self) -> DeploymentMode {
+        match self {
+            Self::Standalone => DeploymentMode::LocalStandalone,
+            Self::DeveloperNode | Self::FederationNode => DeploymentMode::FullNode,
+            Self::Enterprise => DeploymentMode::Clustered,
+            Self::Edge => DeploymentMode::Embedded,
+        }
+    }
+}
+
+string_enum!(DeploymentMode {
+    LocalStandalone => "local_standalone",
+    FullNode => "full_node",
+    Clustered => "clustered",
+    Embedded => "embedded",
+} default LocalStandalone);
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// Human-readable node name shown to peers; defaults to the host name.
+    pub name: Option<String>,
+}
+
+/// The HTTP API (kConfigD and, later, agent services).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSection {
+    /// Address the HTTP API binds to. Loopback only until authentication is configured.
+    pub listen: SocketAddr,
+    /// Per-request time limit.
+    pub request_timeout: Duration,
+    /// Largest accepted request body.
+    pub max_body_bytes: u32,
+    /// How long shutdown waits for in-flight requests before giving up.
+    pub shutdown_grace: Duration,
+}
+
+/// The documented default API address.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7420";
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            request_timeout: Duration::from_secs(30),
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Logging {
+    /// `tracing` filter directive, e.g. `info` or `kos_node=debug,info`. Hot-reloadable.
+    pub level: LogLevel,
+    pub format: LogFormat,
+}
+
+string_enum!(LogFormat { Text => "text", Json => "json" } default Text);
+
+/// A validated `tracing` filter directive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLevel(pub String);
+
+impl Default for LogLevel {
+    fn default() -> Self {
+        Self("info".into())
+    }
+}
+
+impl Serialize for LogLevel {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        soft(parse_log_level(&s).map(LogLevel), LogLevel::default)
+    }
+}
+
+fn parse_log_level(s: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("expected a log level (trace, debug, info, warn, error, off)".into());
+    }
+    for part in s.split(',') {
+        let level = part.rsplit('=').next().unwrap_or("").trim();
+        let target = if part.contains('=') { part.split('=').next().unwrap_or("") } else { "" };
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!("`{level}` is not a log level; expected one of: {}", LEVELS.join(", ")));
+        }
+        if !target.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-') {
+            return Err(format!("`{target}` is not a valid log target"));
+        }
+    }
+    Ok(s.to_string())
+}
+
+string_enum!(LlmBackend {
+    Ollama => "ollama",
+    Vllm => "vllm",
+    A1111 => "a1111",
+    OpenaiCompatible => "openai_compatible",
+} default Ollama);
+
+string_enum!(MediaBackend {
+    Comfyui => "comfyui",
+    StableDiffusion => "stable_diffusion",
+    Replicate => "replicate",
+    A1111 => "a1111",
+} default Comfyui);
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    pub vault: VaultKind,
+    pub auto_lock: bool,
+    pub biometric: Requirement,
+    pub encryption: Encryption,
+}
+
+string_enum!(VaultKind { Local => "local", None => "none" } default Local);
+string_enum!(Encryption { Aes256 => "aes256", None => "none" } default Aes256);
+
+/// Messaging: the node's event bus.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Messaging {
+    /// Event bus backend (`memory` in-process, `redis` for server profiles).
+    pub bus: Option<BusKind>,
+    /// Seed spelling of `bus` (standalone profile); must agree with `bus` when both are set.
+    #[serde(rename = "type")]
+    pub type_: Option<BusKind>,
+    pub encryption: MessagingEncryption,
+    pub persistence: Persistence,
+    /// Message protocol spoken between agents.
+    pub protocol: MessageProtocol,
+    pub debug_logging: bool,
+}
+
+impl Messaging {
+    /// The effective bus backend.
+    pub fn effective_bus(&self) -> BusKind {
+        self.bus.or(self.type_).unwrap_or_default()
+    }
+}
+
+string_enum!(BusKind { Memory => "memory", Redis => "redis" } default Memory);
+string_enum!(MessagingEncryption { LocalOnly => "local_only", Tls => "tls", None => "none" } default LocalOnly);
+string_enum!(
+    /// Where bus messages persist. `indexeddb` is the seed's browser store; accepted so the
+    /// seed loads, but a node persists through its database (a warning says so).
+    Persistence { None => "none", Database => "database", Indexeddb => "indexeddb" } default None
+);
+string_enum!(MessageProtocol { MapV1 => "MAPv1" } default MapV1);
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessageBus {
+    pub redis_cluster: bool,
+    pub pubsub: PubSub,
+    pub federation_bridge: FederationBridge,
+}
+
+string_enum!(PubSub { None => "none", Redis => "redis", Mqtt => "mqtt" } default None);
+string_enum!(FederationBridge { None => "none", Klp => "klp" } default None);
+
+/// Backend choice in short form (`storage.database: postgresql`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    pub database: Option<DatabaseKind>,
+    pub vector: Option<VectorKind>,
+    pub cache: Option<CacheKind>,
+    pub replication: Toggle,
+}
+
+string_enum!(DatabaseKind { Sqlite => "sqlite", Postgresql => "postgresql" } default Sqlite);
+string_enum!(
+    /// Vector stores. `embedded` is the in-process engine; `chroma` and `weaviate` appear in
+    /// the seeds and load, but kOS node does not support them (validation says so).
+    VectorKind { None => "none", Embedded => "embedded", Qdrant => "qdrant", Chroma => "chroma", Weaviate => "weaviate" } default None
+);
+string_enum!(CacheKind { None => "none", Memory => "memory", Redis => "redis" } default None);
+
+/// Database details.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Database {
+    /// Seed spelling of `storage.database`; must agree with it when both are set.
+    #[serde(rename = "type")]
+    pub type_: Option<DatabaseKind>,
+    /// SQLite: directory of the database file, relative to the config directory (`~` expands).
+    pub location: String,
+    /// PostgreSQL: connection URL without the password (`postgres://user@host:5432/db`).
+    pub url: Option<String>,
+    /// PostgreSQL password. Secret: only from `secrets.env` or the environment.
+    pub password: Option<Secret>,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub connect_timeout: Duration,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Self {
+            type_: None,
+            location: "data".into(),
+            url: None,
+            password: None,
+            max_connections: 10,
+            min_connections: 0,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Vector {
+    /// Seed spelling of `storage.vector`; must agree with it when both are set.
+    #[serde(rename = "type")]
+    pub type_: Option<VectorKind>,
+    pub storage: VectorStorage,
+    /// Qdrant server URL (gRPC), e.g. `http://qdrant:6334`.
+    pub url: Option<String>,
+    /// Qdrant API key. Secret.
+    pub api_key: Option<Secret>,
+}
+
+string_enum!(VectorStorage { LocalFilesystem => "local_filesystem", Memory => "memory" } default LocalFilesystem);
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Redis {
+    /// `redis://host:6379/0`, without the password.
+    pub url: Option<String>,
+    /// Secret.
+    pub password: Option<Secret>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Orchestrator {
+    pub enabled: bool,
+    pub service_mesh: bool,
+}
+
+/// Plugin settings. The seeds write this section two ways: a mapping of development
+/// switches (developer_node) or a list of plugin names (enterprise). Both load; the list
+/// form is `enabled`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Plugins {
+    pub dev_mode: bool,
+    pub logger: PluginLogger,
+    pub hot_reload: bool,
+    pub enabled: Vec<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct PluginsMap {
+    dev_mode: bool,
+    logger: PluginLogger,
+    hot_reload: bool,
+    enabled: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for Plugins {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Plugins;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of plugin names or a mapping of plugin settings")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Plugins, A::Error> {
+                let mut enabled = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    enabled.push(name);
+                }
+                Ok(Plugins { enabled, ..Plugins::default() })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Plugins, A::Error> {
+                let m = PluginsMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Plugins { dev_mode: m.dev_mode, logger: m.logger, hot_reload: m.hot_reload, enabled: m.enabled })
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Plugins, E> {
+                Ok(Plugins::default())
+            }
+        }
+        d.deserialize_struct("Plugins", &["dev_mode", "logger", "hot_reload", "enabled"], V)
+    }
+}
+
+string_enum!(PluginLogger { Quiet => "quiet", Normal => "normal", Verbose => "verbose" } default Normal);
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Federation {
+    pub klp: Klp,
+}
+
+/// KLP settings. Also read from `klp/klp_settings.yaml`, which overrides the profile.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Klp {
+    pub enabled: bool,
+    pub public_registry: bool,
+    pub handshake_required: bool,
+    pub peer_discovery: PeerDiscovery,
+    /// libp2p multiaddrs to listen on.
+    pub listen: Vec<String>,
+    /// Multiaddrs (with `/p2p/<peer id>`) dialed at start.
+    pub bootstrap: Vec<String>,
+}
+
+impl Default for Klp {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            public_registry: false,
+            handshake_required: true,
+            peer_discovery: PeerDiscovery::None,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+        }
+    }
+}
+
+string_enum!(PeerDiscovery { DnsSd => "dns_sd", None => "none" } default None);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    pub jwt: Toggle,
+    pub oidc: Requirement,
+    pub session_timeout: Duration,
+    pub ldap: bool,
+    pub saml: Requirement,
+    pub rbac: Toggle,
+    pub audit_logging: AuditLogging,
+    /// HS256 signing secret for local tokens. Secret.
+    pub jwt_secret: Option<Secret>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            jwt: Toggle::Disabled,
+            oidc: Requirement::Disabled,
+            session_timeout: Duration::from_secs(24 * 3600),
+            ldap: false,
+            saml: Requirement::Disabled,
+            rbac: Toggle::Disabled,
+            audit_logging: AuditLogging::Basic,
+            jwt_secret: None,
+        }
+    }
+}
+
+string_enum!(AuditLogging { None => "none", Basic => "basic", Comprehensive => "comprehensive" } default Basic);
+
+string_enum!(
+    /// Agent services a node can offer (names as in the seeds).
+    AgentService {
+        Translator => "translatorAgent",
+        Synthesizer => "synthesizerAgent",
+        Scheduler => "schedulerAgent",
+        Moderator => "moderatorAgent",
+    } default Translator
+);
+
+/// Per-agent settings, one file per agent in `agents/<name>.yaml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    pub enabled: bool,
+    pub max_concurrent_tasks: u32,
+    pub task_timeout: Duration,
+    /// Agent-specific settings, passed to the agent as they are.
+    pub settings: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self { enabled: true, max_concurrent_tasks: 4, task_timeout: Duration::from_secs(60), settings: BTreeMap::new() }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Orchestration {
+    pub kubernetes: Toggle,
+    pub autoscale: bool,
+    pub helm_chart: Option<String>,
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Monitoring {
+    pub metrics: Vec<MetricsSink>,
+    pub logs: Vec<LogSink>,
+    pub alerting: Vec<AlertSink>,
+}
+
+string_enum!(MetricsSink { Prometheus => "prometheus", Grafana => "grafana" } default Prometheus);
+string_enum!(LogSink { Stdout => "stdout", Loki => "loki", Cloudwatch => "cloudwatch" } default Stdout);
+string_enum!(AlertSink { Pagerduty => "pagerduty", Slack => "slack", Email => "email" } default Slack);
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Backup {
+    pub s3_bucket: Option<String>,
+    pub encryption: BackupEncryption,
+    /// How long backups are kept, e.g. `30d`, `7_years`.
+    pub retention: Option<Retention>,
+    pub schedule: BackupSchedule,
+}
+
+string_enum!(BackupEncryption { None => "none", Aes256 => "aes256", Kms => "kms" } default Aes256);
+string_enum!(BackupSchedule { Never => "never", Hourly => "hourly", Daily => "daily", Weekly => "weekly" } default Never);
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Bootstrap {
+    pub method: BootstrapMethod,
+    pub enrollment_server: Option<String>,
+    pub auto_update: bool,
+    pub trust_anchor: Option<String>,
+}
+
+string_enum!(BootstrapMethod { None => "none", QrCode => "qr_code" } default None);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitOps {
+    pub repository: Option<String>,
+    pub branch: String,
+    pub sync_interval: Duration,
+    pub auto_sync: bool,
+    pub rollback_limit: u32,
+}
+
+impl Default for GitOps {
+    fn default() -> Self {
+        Self { repository: None, branch: "main".into(), sync_interval: Duration::from_secs(300), auto_sync: false, rollback_limit: 10 }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Leaf types
+// ---------------------------------------------------------------------------------------
+
+/// On/off written as `enabled`/`disabled` (the seeds' spelling) or `true`/`false`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Toggle {
+    Enabled,
+    #[default]
+    Disabled,
+}
+
+impl Toggle {
+    pub fn is_enabled(self) -> bool {
+        self == Toggle::Enabled
+    }
+}
+
+impl Serialize for Toggle {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.is_enabled() { "enabled" } else { "disabled" })
+    }
+}
+
+impl<'de> Deserialize<'de> for Toggle {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = BoolOrStr::deserialize(d)?;
+        let r = match v {
+            BoolOrStr::Bool(true) => Ok(Toggle::Enabled),
+            BoolOrStr::Bool(false) => Ok(Toggle::Disabled),
+            BoolOrStr::Str(s) => match s.as_str() {
+                "enabled" => Ok(Toggle::Enabled),
+                "disabled" => Ok(Toggle::Disabled),
+                other => Err(format!("unknown value `{other}`; expected enabled, disabled, true or false")),
+            },
+        };
+        soft(r, Toggle::default)
+    }
+}
+
+/// `required`, `optional` or `disabled` (`true` means required, `false` disabled).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Requirement {
+    Required,
+    Optional,
+    #[default]
+    Disabled,
+}
+
+impl Requirement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Requirement::Required => "required",
+            Requirement::Optional => "optional",
+            Requirement::Disabled => "disabled",
+        }
+    }
+}
+
+impl Serialize for Requirement {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Requirement {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = match BoolOrStr::deserialize(d)? {
+            BoolOrStr::Bool(true) => Ok(Requirement::Required),
+            BoolOrStr::Bool(false) => Ok(Requirement::Disabled),
+            BoolOrStr::Str(s) => match s.as_str() {
+                "required" | "enabled" => Ok(Requirement::Required),
+                "optional" => Ok(Requirement::Optional),
+                "disabled" => Ok(Requirement::Disabled),
+                other => Err(format!("unknown value `{other}`; expected required, optional, disabled, true or false")),
+            },
+        };
+        soft(r, Requirement::default)
+    }
+}
+
+enum BoolOrStr {
+    Bool(bool),
+    Str(String),
+}
+
+impl<'de> Deserialize<'de> for BoolOrStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = BoolOrStr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a boolean or a string")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<BoolOrStr, E> {
+                Ok(BoolOrStr::Bool(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<BoolOrStr, E> {
+                Ok(BoolOrStr::Str(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<BoolOrStr, E> {
+                Ok(BoolOrStr::Str(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<BoolOrStr, E> {
+                Ok(BoolOrStr::Str(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<BoolOrStr, E> {
+                Ok(BoolOrStr::Str(v.to_string()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<BoolOrStr, E> {
+                Ok(BoolOrStr::Str("null".into()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A duration written the human way: `30s`, `5m`, `24h`, `7d`, `1h 30m`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Duration(pub StdDuration);
+
+impl Duration {
+    pub const fn from_secs(s: u64) -> Self {
+        Self(StdDuration::from_secs(s))
+    }
+
+    pub fn get(self) -> StdDuration {
+        self.0
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let r = humantime::parse_duration(s.trim())
+            .map(Duration)
+            .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 30s, 5m, 24h or 7d"));
+        soft(r, Duration::default)
+    }
+}
+
+/// A retention period: a duration, or `<n>_days|weeks|months|years` as in the seeds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention(pub String);
+
+impl Serialize for Retention {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Retention {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = humantime::parse_duration(&s).is_ok()
+            || s.split_once('_').is_some_and(|(n, unit)| {
+                n.parse::<u32>().is_ok_and(|n| n > 0)
+                    && matches!(unit, "day" | "days" | "week" | "weeks" | "month" | "months" | "year" | "years")
+            });
+        let r = if ok { Ok(Retention(s.clone())) } else { Err(format!("`{s}` is not a retention period; write e.g. 30d or 7_years")) };
+        soft(r, || Retention(String::new()))
+    }
+}
+
+/// A secret value. It prints and serializes as `<redacted>`; the value is reachable only
+/// through [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+/// What a set secret looks like in every output.
+pub const REDACTED: &str = "<redacted>";
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(REDACTED)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// Dotted paths of every secret field. They may be set only from `secrets.env` or the
+/// process environment, never in a profile or `system.env`.
+pub const SECRET_PATHS: &[&str] = &["database.password", "vector.api_key", "redis.password", "auth.jwt_secret"];
+
+/// How a change to a top-level section takes effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reload {
+    /// Applied to the running node at once.
+    Live,
+    /// Recorded at once, used after the next restart.
+    Restart,
+}
+
+/// Which sections take effect without a restart. Sections read once at start (listeners,
+/// stores, the swarm, authentication) need a restart; the rest are read where they are used.
+pub fn section_reload(section: &str) -> Reload {
+    match section {
+        "logging" | "llms" | "media_generation" | "security" | "services" | "agents" | "plugins" | "monitoring"
+        | "backup" | "bootstrap" | "gitops" | "orchestrator" | "orchestration" => Reload::Live,
+        _ => Reload::Restart,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels() {
+        assert!(parse_log_level("info").is_ok());
+        assert!(parse_log_level("kos_node=debug,warn").is_ok());
+        assert!(parse_log_level("loud").is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), REDACTED);
+        assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{REDACTED}\""));
+    }
+}

@@ -1,0 +1,335 @@
+//! Cross-field rules: what a profile requires, what this build supports, what is unsafe.
+
+use std::collections::BTreeSet;
+
+use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
+use crate::model::*;
+use crate::tree::Node;
+
+/// What this build of kOS node can run (from its cargo features). A backend the build lacks
+/// is rejected at validation, naming the feature.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// cargo feature `postgres`: the PostgreSQL store.
+    pub postgres: bool,
+    /// cargo feature `redis`: the Redis event bus and cache.
+    pub redis: bool,
+    /// cargo feature `qdrant`: the Qdrant server client.
+    pub qdrant: bool,
+    /// The in-process vector engine.
+    pub embedded_vector: bool,
+    /// API authentication (needed to bind the API beyond loopback).
+    pub api_auth: bool,
+}
+
+impl Capabilities {
+    /// Everything on (for tests of the rules that do not concern capabilities).
+    pub const ALL: Capabilities =
+        Capabilities { postgres: true, redis: true, qdrant: true, embedded_vector: true, api_auth: true };
+}
+
+struct Ctx<'a> {
+    tree: &'a Node,
+    out: &'a mut Diagnostics,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, path: &str, msg: impl Into<String>) {
+        let loc = self.tree.locate(path).clone();
+        self.out.push(Diagnostic::error(loc, path, msg));
+    }
+
+    /// An error about `path`, located at `at` (for a missing key, the setting that needs it).
+    fn error_at(&mut self, at: &str, path: &str, msg: impl Into<String>) {
+        let loc = self.tree.locate(at).clone();
+        self.out.push(Diagnostic::error(loc, path, msg));
+    }
+
+    /// Whether the value at `path` was set by the user (not only by the built-in preset).
+    fn user_set(&self, path: &str) -> bool {
+        self.tree.at_path(path).is_some_and(|n| n.value != crate::tree::Value::Null && !n.loc.source.starts_with("<built-in"))
+    }
+
+    fn warn(&mut self, path: &str, msg: impl Into<String>) {
+        let loc = self.tree.locate(path).clone();
+        self.out.push(Diagnostic::warning(loc, path, msg));
+    }
+
+    /// Path of whichever spelling the user set (for locating), the short form first.
+    fn set_path(&self, a: &'static str, b: &'static str) -> &'static str {
+        if self.user_set(b) && !self.user_set(a) { b } else { a }
+    }
+}
+
+/// Applies every cross-field rule, appending diagnostics.
+pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnostics) {
+    let mut cx = Ctx { tree, out };
+    let kind = c.profile;
+
+    // Deployment mode follows the profile.
+    if c.deployment_mode != kind.deployment_mode() {
+        cx.error(
+            "deployment_mode",
+            format!("profile `{kind}` runs in deployment mode `{}`, not `{}`", kind.deployment_mode(), c.deployment_mode),
+        );
+    }
+
+    // Two spellings of one setting must agree.
+    let database = agree(&mut cx, "storage.database", c.storage.database, "database.type", c.database.type_);
+    let vector = agree(&mut cx, "storage.vector", c.storage.vector, "vector.type", c.vector.type_);
+    let bus = agree(&mut cx, "messaging.bus", c.messaging.bus, "messaging.type", c.messaging.type_);
+    let database = database.unwrap_or(DatabaseKind::Sqlite);
+    let vector = vector.unwrap_or(VectorKind::None);
+    let bus = bus.unwrap_or(BusKind::Memory);
+    let cache = c.storage.cache.unwrap_or(CacheKind::None);
+    let db_path = cx.set_path("storage.database", "database.type");
+    let vector_path = cx.set_path("storage.vector", "vector.type");
+    let bus_path = cx.set_path("messaging.bus", "messaging.type");
+    let klp = &c.federation.klp;
+
+    // What each profile requires.
+    match kind {
+        ProfileKind::Standalone => {
+            if klp.enabled {
+                cx.error("federation.klp.enabled", "the standalone profile runs without peers; KLP must be disabled (use federation_node to federate)");
+            }
+            if database != DatabaseKind::Sqlite {
+                cx.error(db_path, "the standalone profile uses the embedded SQLite database");
+            }
+        }
+        ProfileKind::Edge => {
+            if database != DatabaseKind::Sqlite {
+                cx.error(db_path, "the edge profile uses the embedded SQLite database");
+            }
+            if bus != BusKind::Memory {
+                cx.error(bus_path, "the edge profile uses the in-memory bus");
+            }
+            if cache == CacheKind::Redis {
+                cx.error("storage.cache", "the edge profile has no Redis");
+            }
+            if vector == VectorKind::Qdrant {
+                cx.error(vector_path, "the edge profile has no Qdrant server; use `embedded` or `none`");
+            }
+        }
+        ProfileKind::FederationNode => {
+            if !klp.enabled {
+                cx.error("federation.klp.enabled", "the federation_node profile requires KLP enabled");
+            }
+            if !c.auth.jwt.is_enabled() {
+                cx.error("auth.jwt", "the federation_node profile requires JWT authentication (`jwt: enabled`)");
+            }
+        }
+        ProfileKind::Enterprise => {
+            if database != DatabaseKind::Postgresql {
+                cx.error(db_path, "the enterprise profile requires PostgreSQL (`storage.database: postgresql`)");
+            }
+            if !c.auth.rbac.is_enabled() {
+                cx.error("auth.rbac", "the enterprise profile requires RBAC (`rbac: enabled`)");
+            }
+        }
+        ProfileKind::DeveloperNode => {}
+    }
+
+    // Backends and what this build has.
+    match database {
+        DatabaseKind::Sqlite => {
+            if c.database.location.trim().is_empty() {
+                cx.error("database.location", "SQLite needs a directory for its database file");
+            }
+        }
+        DatabaseKind::Postgresql => {
+            if !caps.postgres {
+                cx.error(db_path, "PostgreSQL is not in this build: it was compiled without the `postgres` cargo feature");
+            }
+            check_url(&mut cx, "database.url", c.database.url.as_deref(), &["postgres", "postgresql"], "PostgreSQL", db_path);
+        }
+    }
+    if c.database.max_connections == 0 {
+        cx.error("database.max_connections", "must be at least 1");
+    } else if c.database.min_connections > c.database.max_connections {
+        cx.error("database.min_connections", format!("is larger than max_connections ({})", c.database.max_connections));
+    }
+
+    let uses_redis = bus == BusKind::Redis || cache == CacheKind::Redis || c.message_bus.pubsub == PubSub::Redis;
+    if uses_redis {
+        let path = if bus == BusKind::Redis { bus_path } else if cache == CacheKind::Redis { "storage.cache" } else { "message_bus.pubsub" };
+        if !caps.redis {
+            cx.error(path, "Redis is not in this build: it was compiled without the `redis` cargo feature");
+        }
+        check_url(&mut cx, "redis.url", c.redis.url.as_deref(), &["redis", "rediss"], "Redis", path);
+    }
+    if c.message_bus.redis_cluster {
+        cx.error("message_bus.redis_cluster", "Redis Cluster is not supported; point `redis.url` at one Redis server");
+    }
+    if c.message_bus.pubsub == PubSub::Mqtt {
+        cx.error("message_bus.pubsub", "MQTT is not supported by kOS node; use `redis` or `none`");
+    }
+    if c.message_bus.federation_bridge == FederationBridge::Klp && !klp.enabled {
+        cx.error("message_bus.federation_bridge", "bridging the bus over KLP needs `federation.klp.enabled: true`");
+    }
+
+    match vector {
+        VectorKind::None => {}
+        VectorKind::Embedded => {
+            if !caps.embedded_vector {
+                cx.error(vector_path, "the in-process vector engine is not in this build");
+            }
+        }
+        VectorKind::Qdrant => {
+            if !caps.qdrant {
+                cx.error(vector_path, "Qdrant is not in this build: it was compiled without the `qdrant` cargo feature");
+            }
+            check_url(&mut cx, "vector.url", c.vector.url.as_deref(), &["http", "https"], "Qdrant", vector_path);
+        }
+        VectorKind::Chroma | VectorKind::Weaviate => {
+            cx.error(vector_path, format!("`{vector}` is not supported by kOS node; use `qdrant` (server) or `embedded` (in-process)"));
+        }
+    }
+
+    // The API.
+    let ip = c.api.listen.ip();
+    if !ip.is_loopback() && !caps.api_auth {
+        cx.error(
+            "api.listen",
+            format!("binding the API to non-loopback address {ip} needs authentication, which this build does not have yet; use 127.0.0.1 or ::1"),
+        );
+    }
+    if c.api.max_body_bytes < 1024 {
+        cx.error("api.max_body_bytes", "must be at least 1024");
+    }
+    if c.api.request_timeout.get().is_zero() {
+        cx.error("api.request_timeout", "must be greater than zero");
+    }
+    if c.api.shutdown_grace.get() > std::time::Duration::from_secs(600) {
+        cx.error("api.shutdown_grace", "must be at most 10m");
+    }
+    if c.auth.session_timeout.get().is_zero() {
+        cx.error("auth.session_timeout", "must be greater than zero");
+    }
+
+    // KLP addresses are multiaddrs.
+    for (field, list) in [("listen", &klp.listen), ("bootstrap", &klp.bootstrap)] {
+        for (i, a) in list.iter().enumerate() {
+            if !a.starts_with('/') || a.contains(char::is_whitespace) || a.len() > 512 {
+                cx.error(&format!("federation.klp.{field}[{i}]"), format!("`{a}` is not a multiaddr (e.g. /ip4/0.0.0.0/tcp/4001)"));
+            }
+        }
+    }
+    for (i, a) in klp.bootstrap.iter().enumerate() {
+        if a.starts_with('/') && !a.contains("/p2p/") {
+            cx.error(&format!("federation.klp.bootstrap[{i}]"), "a bootstrap address must end in /p2p/<peer id>");
+        }
+    }
+
+    // Agent services.
+    let mut seen = BTreeSet::new();
+    for (i, s) in c.services.iter().enumerate() {
+        if !seen.insert(*s) {
+            cx.error(&format!("services[{i}]"), format!("`{s}` is listed twice"));
+        }
+    }
+    for (name, agent) in &c.agents {
+        let path = format!("agents.{name}");
+        match name.parse::<AgentService>() {
+            Err(_) => {
+                let mut msg = format!("`{name}` is not an agent service; expected one of: {}", AgentService::ALL.join(", "));
+                if let Some(s) = did_you_mean(name, AgentService::ALL.iter().copied()) {
+                    msg.push_str(&format!(" (did you mean `{s}`?)"));
+                }
+                cx.error(&path, msg);
+            }
+            Ok(s) if !c.services.contains(&s) && agent.enabled => {
+                cx.warn(&path, format!("configured, but `{s}` is not listed in `services`, so the node does not offer it"));
+            }
+            Ok(_) => {}
+        }
+        if agent.max_concurrent_tasks == 0 {
+            cx.error(&format!("{path}.max_concurrent_tasks"), "must be at least 1");
+        }
+    }
+
+    // Operational sections.
+    if c.gitops.auto_sync && c.gitops.repository.is_none() {
+        cx.error("gitops.auto_sync", "needs `gitops.repository`");
+    }
+    if c.gitops.sync_interval.get() < std::time::Duration::from_secs(10) {
+        cx.error("gitops.sync_interval", "must be at least 10s");
+    }
+    if c.bootstrap.method == BootstrapMethod::QrCode {
+        match c.bootstrap.enrollment_server.as_deref() {
+            Some(u) if u.starts_with("https://") => {}
+            Some(_) => cx.error("bootstrap.enrollment_server", "must be an https:// URL"),
+            None => cx.error("bootstrap.method", "`qr_code` needs `bootstrap.enrollment_server`"),
+        }
+    }
+    if c.backup.schedule != BackupSchedule::Never && c.backup.retention.is_none() {
+        cx.error("backup.retention", "a backup schedule needs a retention period");
+    }
+
+    // Settings that load (they appear in the seeds) but that this node does not act on.
+    let inert: [(&str, bool, &str); 11] = [
+        ("messaging.persistence", c.messaging.persistence == Persistence::Indexeddb, "`indexeddb` is a browser store; the node keeps events in its database"),
+        ("auth.ldap", c.auth.ldap, "LDAP is not implemented; this setting has no effect"),
+        ("auth.saml", c.auth.saml != Requirement::Disabled, "SAML is not implemented; this setting has no effect"),
+        ("orchestration.kubernetes", c.orchestration.kubernetes.is_enabled(), "describes how the node is deployed; the node itself does not act on it"),
+        ("orchestration.autoscale", c.orchestration.autoscale, "autoscaling belongs to the orchestrator; the node does not act on it"),
+        ("orchestrator.service_mesh", c.orchestrator.service_mesh, "no service mesh is implemented; this setting has no effect"),
+        ("backup.s3_bucket", c.backup.s3_bucket.is_some(), "backups to S3 are not implemented; back up the data volume instead"),
+        ("gitops.repository", c.gitops.repository.is_some(), "GitOps sync is not implemented; apply changes through the config API"),
+        ("bootstrap.method", c.bootstrap.method != BootstrapMethod::None, "zero-touch provisioning is not implemented; this setting has no effect"),
+        ("monitoring.logs", c.monitoring.logs.iter().any(|l| *l != LogSink::Stdout), "logs go to stdout; ship them to Loki or CloudWatch with your log collector"),
+        ("monitoring.alerting", !c.monitoring.alerting.is_empty(), "alerting is done by your monitoring stack from /metrics; this setting has no effect"),
+    ];
+    for (path, set, msg) in inert {
+        if set {
+            cx.warn(path, msg);
+        }
+    }
+}
+
+fn agree<T: PartialEq + Copy + std::fmt::Display>(
+    cx: &mut Ctx<'_>,
+    a_path: &str,
+    a: Option<T>,
+    b_path: &str,
+    b: Option<T>,
+) -> Option<T> {
+    match (a, b) {
+        (Some(x), Some(y)) if x != y => {
+            // The user's spelling beats the preset's; two user values must agree.
+            match (cx.user_set(a_path), cx.user_set(b_path)) {
+                (false, true) => Some(y),
+                (true, false) => Some(x),
+                _ => {
+                    cx.error(b_path, format!("`{y}` disagrees with `{a_path}: {x}`; set one of them"));
+                    Some(x)
+                }
+            }
+        }
+        (x, y) => x.or(y),
+    }
+}
+
+fn check_url(cx: &mut Ctx<'_>, path: &str, url: Option<&str>, schemes: &[&str], what: &str, needed_by: &str) {
+    let Some(url) = url else {
+        cx.error_at(needed_by, path, format!("`{needed_by}` selects {what}, which needs `{path}` ({}://...)", schemes[0]));
+        return;
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        cx.error(path, format!("`{url}` is not a URL; expected {}://...", schemes[0]));
+        return;
+    };
+    if !schemes.contains(&scheme) {
+        cx.error(path, format!("scheme `{scheme}` is not valid for {what}; expected {}", schemes.join(" or ")));
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    if let Some((userinfo, _)) = authority.rsplit_once('@')
+        && userinfo.contains(':')
+    {
+        let secret = format!("KOS_{}", path.rsplit_once('.').map_or(path, |p| p.0).to_ascii_uppercase());
+        cx.error(path, format!("the URL contains a password; remove it and set {secret}__PASSWORD in secrets.env"));
+    }
+    if authority.is_empty() {
+        cx.error(path, format!("`{url}` has no host"));
+    }
+}
