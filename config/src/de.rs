@@ -11,7 +11,9 @@
 use std::cell::RefCell;
 use std::fmt;
 
-use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor,
+};
 
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::tree::{Entry, Location, Node, Scalar, Value};
@@ -32,7 +34,10 @@ impl std::error::Error for DeError {}
 
 impl de::Error for DeError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        DeError { msg: msg.to_string(), recorded: false }
+        DeError {
+            msg: msg.to_string(),
+            recorded: false,
+        }
     }
 }
 
@@ -54,7 +59,10 @@ pub fn soft_error(msg: String) -> bool {
 }
 
 /// Turns a parse result into a deserialization result, recovering through [`soft_error`].
-pub fn soft<T, E: de::Error>(r: Result<T, String>, placeholder: impl FnOnce() -> T) -> Result<T, E> {
+pub fn soft<T, E: de::Error>(
+    r: Result<T, String>,
+    placeholder: impl FnOnce() -> T,
+) -> Result<T, E> {
     match r {
         Ok(v) => Ok(v),
         Err(msg) => {
@@ -72,7 +80,12 @@ fn soft_len() -> usize {
 }
 
 fn soft_drain(from: usize) -> Vec<String> {
-    SOFT.with(|s| s.borrow_mut().as_mut().map(|v| v.split_off(from.min(v.len()))).unwrap_or_default())
+    SOFT.with(|s| {
+        s.borrow_mut()
+            .as_mut()
+            .map(|v| v.split_off(from.min(v.len())))
+            .unwrap_or_default()
+    })
 }
 
 #[derive(Default)]
@@ -82,7 +95,9 @@ struct Sink {
 
 impl Sink {
     fn error(&self, loc: &Location, path: &str, msg: impl Into<String>) {
-        self.diags.borrow_mut().push(Diagnostic::error(loc.clone(), path, msg));
+        self.diags
+            .borrow_mut()
+            .push(Diagnostic::error(loc.clone(), path, msg));
     }
 }
 
@@ -91,8 +106,14 @@ impl Sink {
 pub fn from_node<T: DeserializeOwned>(root: &Node) -> (Option<T>, Vec<Diagnostic>) {
     let sink = Sink::default();
     let previous = SOFT.with(|s| s.borrow_mut().replace(Vec::new()));
-    let result = T::deserialize(De { node: root, path: String::new(), sink: &sink });
-    let leftover = SOFT.with(|s| std::mem::replace(&mut *s.borrow_mut(), previous)).unwrap_or_default();
+    let result = T::deserialize(De {
+        node: root,
+        path: String::new(),
+        sink: &sink,
+    });
+    let leftover = SOFT
+        .with(|s| std::mem::replace(&mut *s.borrow_mut(), previous))
+        .unwrap_or_default();
     for m in leftover {
         sink.error(&root.loc, "", m);
     }
@@ -155,12 +176,20 @@ struct De<'a> {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 impl<'a> De<'a> {
     fn mismatch(&self, expected: &str) {
-        self.sink.error(&self.node.loc, &self.path, format!("expected {expected}, found {}", self.node.kind_name()));
+        self.sink.error(
+            &self.node.loc,
+            &self.path,
+            format!("expected {expected}, found {}", self.node.kind_name()),
+        );
     }
 
     fn scalar(&self) -> Option<&'a Scalar> {
@@ -217,15 +246,24 @@ impl<'de> de::Deserializer<'de> for De<'_> {
                 if let Ok(u) = t.parse::<u64>() {
                     return v.visit_u64(u);
                 }
-                if t.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '-' || c == '.')
+                if t.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_digit() || c == '-' || c == '.')
                     && let Ok(f) = t.parse::<f64>()
                 {
                     return v.visit_f64(f);
                 }
                 v.visit_str(t)
             }
-            Value::Seq(items) => v.visit_seq(SeqDe { items: items.iter().collect(), i: 0, path: self.path, sink: self.sink }),
-            Value::Map(entries) => v.visit_map(MapDe::new(entries.iter().collect(), self.path, self.sink)),
+            Value::Seq(items) => v.visit_seq(SeqDe {
+                items: items.iter().collect(),
+                i: 0,
+                path: self.path,
+                sink: self.sink,
+            }),
+            Value::Map(entries) => {
+                v.visit_map(MapDe::new(entries.iter().collect(), self.path, self.sink))
+            }
         }
     }
 
@@ -295,18 +333,36 @@ impl<'de> de::Deserializer<'de> for De<'_> {
         v.visit_unit()
     }
 
-    fn deserialize_unit_struct<V: Visitor<'de>>(self, _: &'static str, v: V) -> Result<V::Value, DeError> {
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        v: V,
+    ) -> Result<V::Value, DeError> {
         v.visit_unit()
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _: &'static str, v: V) -> Result<V::Value, DeError> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        v: V,
+    ) -> Result<V::Value, DeError> {
         v.visit_newtype_struct(self)
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
         match &self.node.value {
-            Value::Seq(items) => v.visit_seq(SeqDe { items: items.iter().collect(), i: 0, path: self.path, sink: self.sink }),
-            Value::Null => v.visit_seq(SeqDe { items: Vec::new(), i: 0, path: self.path, sink: self.sink }),
+            Value::Seq(items) => v.visit_seq(SeqDe {
+                items: items.iter().collect(),
+                i: 0,
+                path: self.path,
+                sink: self.sink,
+            }),
+            Value::Null => v.visit_seq(SeqDe {
+                items: Vec::new(),
+                i: 0,
+                path: self.path,
+                sink: self.sink,
+            }),
             Value::Scalar(s) if s.env => {
                 // Environment variables carry lists as comma-separated values.
                 let items: Vec<Node> = s
@@ -316,12 +372,21 @@ impl<'de> de::Deserializer<'de> for De<'_> {
                     .filter(|p| !p.is_empty())
                     .map(|p| Node::plain(p, self.node.loc.clone()))
                     .collect();
-                let owned = OwnedSeq { items, path: self.path, sink: self.sink };
+                let owned = OwnedSeq {
+                    items,
+                    path: self.path,
+                    sink: self.sink,
+                };
                 owned.visit(v)
             }
             _ => {
                 self.mismatch("a list");
-                v.visit_seq(SeqDe { items: Vec::new(), i: 0, path: self.path, sink: self.sink })
+                v.visit_seq(SeqDe {
+                    items: Vec::new(),
+                    i: 0,
+                    path: self.path,
+                    sink: self.sink,
+                })
             }
         }
     }
@@ -330,13 +395,20 @@ impl<'de> de::Deserializer<'de> for De<'_> {
         self.deserialize_seq(v)
     }
 
-    fn deserialize_tuple_struct<V: Visitor<'de>>(self, _: &'static str, _: usize, v: V) -> Result<V::Value, DeError> {
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: usize,
+        v: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_seq(v)
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
         match &self.node.value {
-            Value::Map(entries) => v.visit_map(MapDe::new(entries.iter().collect(), self.path, self.sink)),
+            Value::Map(entries) => {
+                v.visit_map(MapDe::new(entries.iter().collect(), self.path, self.sink))
+            }
             Value::Null => v.visit_map(MapDe::new(Vec::new(), self.path, self.sink)),
             _ => {
                 self.mismatch("a mapping");
@@ -370,7 +442,12 @@ impl<'de> de::Deserializer<'de> for De<'_> {
                 v.visit_map(MapDe::new(known, self.path, self.sink))
             }
             Value::Null => v.visit_map(MapDe::new(Vec::new(), self.path, self.sink)),
-            Value::Seq(items) => v.visit_seq(SeqDe { items: items.iter().collect(), i: 0, path: self.path, sink: self.sink }),
+            Value::Seq(items) => v.visit_seq(SeqDe {
+                items: items.iter().collect(),
+                i: 0,
+                path: self.path,
+                sink: self.sink,
+            }),
             Value::Scalar(_) => {
                 self.mismatch("a mapping");
                 v.visit_map(MapDe::new(Vec::new(), self.path, self.sink))
@@ -389,8 +466,15 @@ impl<'de> de::Deserializer<'de> for De<'_> {
             Some(t) if variants.contains(&t) => t,
             _ => {
                 let mut msg = match text {
-                    Some(t) => format!("unknown value `{t}`; expected one of: {}", variants.join(", ")),
-                    None => format!("expected one of: {}, found {}", variants.join(", "), self.node.kind_name()),
+                    Some(t) => format!(
+                        "unknown value `{t}`; expected one of: {}",
+                        variants.join(", ")
+                    ),
+                    None => format!(
+                        "expected one of: {}, found {}",
+                        variants.join(", "),
+                        self.node.kind_name()
+                    ),
                 };
                 if let Some(t) = text
                     && let Some(s) = did_you_mean(t, variants.iter().copied())
@@ -422,7 +506,11 @@ fn with_child<T>(
 ) -> Result<T, DeError> {
     let before = soft_len();
     let loc = node.loc.clone();
-    let r = f(De { node, path: path.clone(), sink });
+    let r = f(De {
+        node,
+        path: path.clone(),
+        sink,
+    });
     for m in soft_drain(before) {
         sink.error(&loc, &path, m);
     }
@@ -445,8 +533,13 @@ struct SeqDe<'a> {
 impl<'de> SeqAccess<'de> for SeqDe<'_> {
     type Error = DeError;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
-        let Some(node) = self.items.get(self.i) else { return Ok(None) };
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
+        let Some(node) = self.items.get(self.i) else {
+            return Ok(None);
+        };
         let path = format!("{}[{}]", self.path, self.i);
         self.i += 1;
         with_child(node, path, self.sink, |d| seed.deserialize(d)).map(Some)
@@ -465,7 +558,12 @@ struct OwnedSeq<'a> {
 
 impl OwnedSeq<'_> {
     fn visit<'de, V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_seq(SeqDe { items: self.items.iter().collect(), i: 0, path: self.path, sink: self.sink })
+        v.visit_seq(SeqDe {
+            items: self.items.iter().collect(),
+            i: 0,
+            path: self.path,
+            sink: self.sink,
+        })
     }
 }
 
@@ -478,15 +576,25 @@ struct MapDe<'a> {
 
 impl<'a> MapDe<'a> {
     fn new(entries: Vec<&'a Entry>, path: String, sink: &'a Sink) -> Self {
-        Self { entries, i: 0, path, sink }
+        Self {
+            entries,
+            i: 0,
+            path,
+            sink,
+        }
     }
 }
 
 impl<'de> MapAccess<'de> for MapDe<'_> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
-        let Some(e) = self.entries.get(self.i) else { return Ok(None) };
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
+        let Some(e) = self.entries.get(self.i) else {
+            return Ok(None);
+        };
         let key_de: de::value::StrDeserializer<'_, DeError> = e.key.as_str().into_deserializer();
         seed.deserialize(key_de).map(Some)
     }
@@ -494,7 +602,9 @@ impl<'de> MapAccess<'de> for MapDe<'_> {
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
         let e = self.entries[self.i];
         self.i += 1;
-        with_child(&e.value, join(&self.path, &e.key), self.sink, |d| seed.deserialize(d))
+        with_child(&e.value, join(&self.path, &e.key), self.sink, |d| {
+            seed.deserialize(d)
+        })
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -540,12 +650,31 @@ mod tests {
         assert_eq!(v.name, "x");
         let msgs: Vec<String> = d.iter().map(|d| d.to_string()).collect();
         assert_eq!(msgs.len(), 6, "{msgs:#?}");
-        assert!(msgs.contains(&"t.yaml:3:9: inner.port: expected an integer between 0 and 65535, found `99999`".to_string()), "{msgs:#?}");
-        assert!(msgs.contains(&"t.yaml:4:7: inner.on: expected a boolean (true or false), found `maybe`".to_string()));
-        assert!(msgs.contains(&"t.yaml:5:3: inner.prot: unknown key `prot` (did you mean `port`?)".to_string()));
-        assert!(msgs.iter().any(|m| m.starts_with("t.yaml:6:7: kind: unknown value `betta`") && m.contains("did you mean `beta`")));
-        assert!(msgs.contains(&"t.yaml:7:11: list[1]: expected an integer between 0 and 255, found `x`".to_string()));
-        assert!(msgs.iter().any(|m| m.starts_with("t.yaml:8:1: extra: unknown key `extra`")));
+        assert!(
+            msgs.contains(
+                &"t.yaml:3:9: inner.port: expected an integer between 0 and 65535, found `99999`"
+                    .to_string()
+            ),
+            "{msgs:#?}"
+        );
+        assert!(msgs.contains(
+            &"t.yaml:4:7: inner.on: expected a boolean (true or false), found `maybe`".to_string()
+        ));
+        assert!(msgs.contains(
+            &"t.yaml:5:3: inner.prot: unknown key `prot` (did you mean `port`?)".to_string()
+        ));
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("t.yaml:6:7: kind: unknown value `betta`")
+                    && m.contains("did you mean `beta`"))
+        );
+        assert!(msgs.contains(
+            &"t.yaml:7:11: list[1]: expected an integer between 0 and 255, found `x`".to_string()
+        ));
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("t.yaml:8:1: extra: unknown key `extra`"))
+        );
     }
 
     #[test]

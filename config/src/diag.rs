@@ -25,11 +25,25 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(location: Location, path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { severity: Severity::Error, location, path: path.into(), message: message.into() }
+        Self {
+            severity: Severity::Error,
+            location,
+            path: path.into(),
+            message: message.into(),
+        }
     }
 
-    pub fn warning(location: Location, path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { severity: Severity::Warning, location, path: path.into(), message: message.into() }
+    pub fn warning(
+        location: Location,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            severity: Severity::Warning,
+            location,
+            path: path.into(),
+            message: message.into(),
+        }
     }
 
     pub fn is_error(&self) -> bool {
@@ -105,8 +119,18 @@ impl Diagnostics {
     /// Sorts by file, line, column and drops exact duplicates.
     pub fn sort(&mut self) {
         self.0.sort_by(|a, b| {
-            (a.location.source.as_ref(), a.location.line, a.location.column, &a.path)
-                .cmp(&(b.location.source.as_ref(), b.location.line, b.location.column, &b.path))
+            (
+                a.location.source.as_ref(),
+                a.location.line,
+                a.location.column,
+                &a.path,
+            )
+                .cmp(&(
+                    b.location.source.as_ref(),
+                    b.location.line,
+                    b.location.column,
+                    &b.path,
+                ))
         });
         self.0.dedup();
     }
@@ -122,7 +146,10 @@ impl fmt::Display for Diagnostics {
 }
 
 /// "did you mean" for a misspelt key or value.
-pub fn did_you_mean<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    input: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(input, c), c))

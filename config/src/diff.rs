@@ -31,7 +31,11 @@ pub fn diff_json(a: &Value, b: &Value) -> Vec<Change> {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
@@ -44,14 +48,29 @@ fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
                 let p = join(path, k);
                 match (x.get(k), y.get(k)) {
                     (Some(l), Some(r)) => walk(&p, l, r, out),
-                    (Some(l), None) => out.push(Change { path: p, op: ChangeOp::Removed, from: Some(l.clone()), to: None }),
-                    (None, Some(r)) => out.push(Change { path: p, op: ChangeOp::Added, from: None, to: Some(r.clone()) }),
+                    (Some(l), None) => out.push(Change {
+                        path: p,
+                        op: ChangeOp::Removed,
+                        from: Some(l.clone()),
+                        to: None,
+                    }),
+                    (None, Some(r)) => out.push(Change {
+                        path: p,
+                        op: ChangeOp::Added,
+                        from: None,
+                        to: Some(r.clone()),
+                    }),
                     (None, None) => {}
                 }
             }
         }
         _ if a == b => {}
-        _ => out.push(Change { path: path.to_string(), op: ChangeOp::Changed, from: Some(a.clone()), to: Some(b.clone()) }),
+        _ => out.push(Change {
+            path: path.to_string(),
+            op: ChangeOp::Changed,
+            from: Some(a.clone()),
+            to: Some(b.clone()),
+        }),
     }
 }
 
@@ -61,7 +80,9 @@ pub fn render(changes: &[Change]) -> String {
     for c in changes {
         let v = |v: &Option<Value>| v.as_ref().map(Value::to_string).unwrap_or_default();
         match c.op {
-            ChangeOp::Changed => s.push_str(&format!("~ {}: {} -> {}\n", c.path, v(&c.from), v(&c.to))),
+            ChangeOp::Changed => {
+                s.push_str(&format!("~ {}: {} -> {}\n", c.path, v(&c.from), v(&c.to)))
+            }
             ChangeOp::Added => s.push_str(&format!("+ {}: {}\n", c.path, v(&c.to))),
             ChangeOp::Removed => s.push_str(&format!("- {}: {}\n", c.path, v(&c.from))),
         }
@@ -80,7 +101,14 @@ mod tests {
         let b = json!({"a": {"b": 2, "c": [1]}, "e": "x"});
         let d = diff_json(&a, &b);
         let paths: Vec<_> = d.iter().map(|c| (c.path.as_str(), c.op)).collect();
-        assert_eq!(paths, vec![("a.b", ChangeOp::Changed), ("d", ChangeOp::Removed), ("e", ChangeOp::Added)]);
+        assert_eq!(
+            paths,
+            vec![
+                ("a.b", ChangeOp::Changed),
+                ("d", ChangeOp::Removed),
+                ("e", ChangeOp::Added)
+            ]
+        );
         assert_eq!(render(&d), "~ a.b: 1 -> 2\n- d: true\n+ e: \"x\"\n");
     }
 }

@@ -28,20 +28,34 @@ pub fn parse_env_file(text: &str, source: &str) -> (Vec<EnvEntry>, Vec<Diagnosti
             continue;
         }
         let (body, col) = match trimmed.strip_prefix("export ") {
-            Some(rest) => (rest.trim_start(), indent + 1 + (trimmed.len() - rest.trim_start().len()) as u32),
+            Some(rest) => (
+                rest.trim_start(),
+                indent + 1 + (trimmed.len() - rest.trim_start().len()) as u32,
+            ),
             None => (trimmed, indent + 1),
         };
         let loc = Location::new(&src, line_no, col);
         let Some((key, value)) = body.split_once('=') else {
-            errors.push(Diagnostic::error(loc, "", format!("expected KEY=value, found `{}`", body.trim_end())));
+            errors.push(Diagnostic::error(
+                loc,
+                "",
+                format!("expected KEY=value, found `{}`", body.trim_end()),
+            ));
             continue;
         };
         let key = key.trim_end();
         if key.is_empty()
-            || !key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            || !key
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
-            errors.push(Diagnostic::error(loc, "", format!("`{key}` is not a valid variable name (letters, digits, `_`)")));
+            errors.push(Diagnostic::error(
+                loc,
+                "",
+                format!("`{key}` is not a valid variable name (letters, digits, `_`)"),
+            ));
             continue;
         }
         match unquote(value.trim()) {
@@ -54,7 +68,11 @@ pub fn parse_env_file(text: &str, source: &str) -> (Vec<EnvEntry>, Vec<Diagnosti
                     ));
                     continue;
                 }
-                out.push(EnvEntry { key: key.to_string(), value: v, loc });
+                out.push(EnvEntry {
+                    key: key.to_string(),
+                    value: v,
+                    loc,
+                });
             }
             Err(msg) => errors.push(Diagnostic::error(loc, "", format!("{key}: {msg}"))),
         }
@@ -64,7 +82,9 @@ pub fn parse_env_file(text: &str, source: &str) -> (Vec<EnvEntry>, Vec<Diagnosti
 
 fn unquote(v: &str) -> Result<String, String> {
     if let Some(rest) = v.strip_prefix('"') {
-        let Some(inner) = rest.strip_suffix('"') else { return Err("unterminated double quote".into()) };
+        let Some(inner) = rest.strip_suffix('"') else {
+            return Err("unterminated double quote".into());
+        };
         let mut out = String::with_capacity(inner.len());
         let mut chars = inner.chars();
         while let Some(c) = chars.next() {
@@ -83,7 +103,9 @@ fn unquote(v: &str) -> Result<String, String> {
         }
         Ok(out)
     } else if let Some(rest) = v.strip_prefix('\'') {
-        rest.strip_suffix('\'').map(str::to_string).ok_or_else(|| "unterminated single quote".into())
+        rest.strip_suffix('\'')
+            .map(str::to_string)
+            .ok_or_else(|| "unterminated single quote".into())
     } else {
         // Unquoted: a trailing ` # comment` is not part of the value.
         let v = match v.find(" #") {
@@ -96,10 +118,16 @@ fn unquote(v: &str) -> Result<String, String> {
 
 /// Renders one `KEY=value` line, quoting when needed.
 pub fn render_line(key: &str, value: &str) -> String {
-    if value.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:@,+=".contains(c)) {
+    if value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./:@,+=".contains(c))
+    {
         format!("{key}={value}")
     } else {
-        let escaped = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let escaped = value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
         format!("{key}=\"{escaped}\"")
     }
 }
@@ -110,7 +138,10 @@ mod tests {
 
     #[test]
     fn parses_and_reports_lines() {
-        let (e, d) = parse_env_file("# c\nA=1\nexport B = \"x y\"\n\nbad line\n1X=2\nC='q' \nD=v # note\nA=3\n", "s.env");
+        let (e, d) = parse_env_file(
+            "# c\nA=1\nexport B = \"x y\"\n\nbad line\n1X=2\nC='q' \nD=v # note\nA=3\n",
+            "s.env",
+        );
         assert_eq!(e.len(), 4);
         assert_eq!(e[1].value, "x y");
         assert_eq!(e[2].value, "q");

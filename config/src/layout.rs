@@ -19,7 +19,10 @@ use std::io;
 use std::path::Path;
 
 use crate::envfile::render_line;
-use crate::load::{AGENTS_DIR, ConfigDir, KLP_SETTINGS, Overlays, PEERS_LIST, PLUGINS_DIR, SECRETS_ENV, SYSTEM_ENV, assemble, preset};
+use crate::load::{
+    AGENTS_DIR, ConfigDir, KLP_SETTINGS, Overlays, PEERS_LIST, PLUGINS_DIR, SECRETS_ENV,
+    SYSTEM_ENV, assemble, preset,
+};
 use crate::model::ProfileKind;
 use crate::snapshot::atomic_write;
 use crate::validate::Capabilities;
@@ -50,7 +53,13 @@ const SECRETS_HEADER: &str = "\
 # Other names (e.g. OPENAI_API_KEY=...) are kept for agents.
 ";
 
-fn write_new(root: &Path, rel: &str, content: &str, mode: u32, report: &mut InitReport) -> io::Result<()> {
+fn write_new(
+    root: &Path,
+    rel: &str,
+    content: &str,
+    mode: u32,
+    report: &mut InitReport,
+) -> io::Result<()> {
     let path = root.join(rel);
     if path.exists() {
         report.kept.push(rel.to_string());
@@ -91,8 +100,14 @@ pub fn init_layout(root: &Path, kind: ProfileKind) -> io::Result<InitReport> {
     write_new(root, PEERS_LIST, PEERS_HEADER, 0o644, &mut report)?;
 
     // KLP settings and agent files come from the preset itself.
-    let loaded = assemble(kind.as_str(), preset(kind), &profile_rel, &Overlays::default(), &Capabilities::ALL)
-        .map_err(|d| io::Error::other(format!("built-in preset is invalid:\n{d}")))?;
+    let loaded = assemble(
+        kind.as_str(),
+        preset(kind),
+        &profile_rel,
+        &Overlays::default(),
+        &Capabilities::ALL,
+    )
+    .map_err(|d| io::Error::other(format!("built-in preset is invalid:\n{d}")))?;
     let klp = yaml_serde::to_string(&loaded.config.federation.klp).map_err(io::Error::other)?;
     let klp_text = format!(
         "# Kind Link Protocol settings. These keys override `federation.klp` in the profile.\n{klp}"
@@ -104,7 +119,13 @@ pub fn init_layout(root: &Path, kind: ProfileKind) -> io::Result<InitReport> {
             "# Settings of the {service} agent service (see docs/CONFIG.md, `agents`).\n{}",
             yaml_serde::to_string(&agent).map_err(io::Error::other)?
         );
-        write_new(root, &format!("{AGENTS_DIR}/{service}.yaml"), &text, 0o644, &mut report)?;
+        write_new(
+            root,
+            &format!("{AGENTS_DIR}/{service}.yaml"),
+            &text,
+            0o644,
+            &mut report,
+        )?;
     }
     Ok(report)
 }

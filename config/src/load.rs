@@ -56,8 +56,14 @@ pub struct LoadOptions {
 impl LoadOptions {
     /// Options reading the real process environment.
     pub fn from_process(capabilities: Capabilities) -> Self {
-        let env = std::env::vars().filter(|(k, _)| k.starts_with("KOS_")).collect();
-        Self { env, capabilities, profile: None }
+        let env = std::env::vars()
+            .filter(|(k, _)| k.starts_with("KOS_"))
+            .collect();
+        Self {
+            env,
+            capabilities,
+            profile: None,
+        }
     }
 }
 
@@ -87,6 +93,8 @@ pub struct Overlays {
     pub system_env: Vec<EnvEntry>,
     pub secrets_env: Vec<EnvEntry>,
     pub env: BTreeMap<String, String>,
+    /// Warnings found while reading the overlays (e.g. a readable `secrets.env`).
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// A config directory (`$KOS_HOME`, default `~/.kos`).
@@ -96,16 +104,24 @@ pub struct ConfigDir {
 }
 
 fn io_diag(path: &str, e: &io::Error) -> Diagnostic {
-    Diagnostic::error(Location::whole(path.to_string()), "", format!("cannot read: {e}"))
+    Diagnostic::error(
+        Location::whole(path.to_string()),
+        "",
+        format!("cannot read: {e}"),
+    )
 }
 
 /// Profile ids are file names: lowercase letters, digits, `_` and `-`, at most 64.
 pub fn check_profile_id(id: &str) -> Result<(), String> {
     if id.is_empty()
         || id.len() > 64
-        || !id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
     {
-        return Err(format!("`{id}` is not a valid profile id (1-64 of a-z, 0-9, `_`, `-`)"));
+        return Err(format!(
+            "`{id}` is not a valid profile id (1-64 of a-z, 0-9, `_`, `-`)"
+        ));
     }
     Ok(())
 }
@@ -161,13 +177,20 @@ impl ConfigDir {
     /// Reads every overlay source of this directory.
     pub fn read_overlays(&self, env: &BTreeMap<String, String>) -> Result<Overlays, Diagnostics> {
         let mut diags = Diagnostics::default();
-        let mut ov = Overlays { env: env.clone(), ..Overlays::default() };
+        let mut ov = Overlays {
+            env: env.clone(),
+            ..Overlays::default()
+        };
         for (rel, target) in [(SYSTEM_ENV, 0), (SECRETS_ENV, 1)] {
             match self.read_optional(rel) {
                 Ok(Some(text)) => {
                     let (entries, errs) = parse_env_file(&text, rel);
                     diags.extend(errs);
-                    if target == 0 { ov.system_env = entries } else { ov.secrets_env = entries }
+                    if target == 0 {
+                        ov.system_env = entries
+                    } else {
+                        ov.secrets_env = entries
+                    }
                 }
                 Ok(None) => {}
                 Err(d) => diags.push(d),
@@ -200,7 +223,10 @@ impl ConfigDir {
             files.sort();
             for name in files {
                 let rel = format!("{AGENTS_DIR}/{name}");
-                let stem = name.trim_end_matches(".yaml").trim_end_matches(".yml").to_string();
+                let stem = name
+                    .trim_end_matches(".yaml")
+                    .trim_end_matches(".yml")
+                    .to_string();
                 match self.read_optional(&rel) {
                     Ok(Some(text)) => match parse_yaml(&text, &rel) {
                         Ok(n) => ov.agents.push((stem, n)),
@@ -211,20 +237,33 @@ impl ConfigDir {
                 }
             }
         }
-        if diags.has_errors() { Err(diags) } else { Ok(ov) }
+        if diags.has_errors() {
+            return Err(diags);
+        }
+        ov.warnings = diags.0;
+        Ok(ov)
     }
 
     /// The profile id to load: explicit option, `KOS_PROFILE` in the environment, then in
     /// `system.env`, then the only profile present.
-    pub fn active_profile_id(&self, opts: &LoadOptions, ov: &Overlays) -> Result<String, Diagnostic> {
+    pub fn active_profile_id(
+        &self,
+        opts: &LoadOptions,
+        ov: &Overlays,
+    ) -> Result<String, Diagnostic> {
         let (id, loc) = if let Some(p) = &opts.profile {
             (p.clone(), Location::whole("--profile"))
         } else if let Some(p) = opts.env.get("KOS_PROFILE") {
-            (p.clone(), Location::whole("environment variable KOS_PROFILE"))
+            (
+                p.clone(),
+                Location::whole("environment variable KOS_PROFILE"),
+            )
         } else if let Some(e) = ov.system_env.iter().find(|e| e.key == "KOS_PROFILE") {
             (e.value.clone(), e.loc.clone())
         } else {
-            let ids = self.list_profiles().map_err(|e| io_diag(PROFILES_DIR, &e))?;
+            let ids = self
+                .list_profiles()
+                .map_err(|e| io_diag(PROFILES_DIR, &e))?;
             match ids.as_slice() {
                 [one] => (one.clone(), Location::whole(PROFILES_DIR)),
                 [] => {
@@ -238,14 +277,24 @@ impl ConfigDir {
                     return Err(Diagnostic::error(
                         Location::whole(SYSTEM_ENV),
                         "",
-                        format!("several profiles ({}) and no KOS_PROFILE to choose one", ids.join(", ")),
+                        format!(
+                            "several profiles ({}) and no KOS_PROFILE to choose one",
+                            ids.join(", ")
+                        ),
                     ));
                 }
             }
         };
         check_profile_id(&id).map_err(|m| Diagnostic::error(loc.clone(), "", m))?;
         if !self.profile_path(&id).exists() {
-            return Err(Diagnostic::error(loc, "", format!("profile `{id}` not found: {} does not exist", Self::profile_rel(&id))));
+            return Err(Diagnostic::error(
+                loc,
+                "",
+                format!(
+                    "profile `{id}` not found: {} does not exist",
+                    Self::profile_rel(&id)
+                ),
+            ));
         }
         Ok(id)
     }
@@ -253,15 +302,24 @@ impl ConfigDir {
     /// Loads and validates the active profile with all overlays.
     pub fn load(&self, opts: &LoadOptions) -> Result<Loaded, Diagnostics> {
         let ov = self.read_overlays(&opts.env)?;
-        let id = self.active_profile_id(opts, &ov).map_err(|d| Diagnostics(vec![d]))?;
+        let id = self
+            .active_profile_id(opts, &ov)
+            .map_err(|d| Diagnostics(vec![d]))?;
         let rel = Self::profile_rel(&id);
-        let text = fs::read_to_string(self.profile_path(&id)).map_err(|e| Diagnostics(vec![io_diag(&rel, &e)]))?;
+        let text = fs::read_to_string(self.profile_path(&id))
+            .map_err(|e| Diagnostics(vec![io_diag(&rel, &e)]))?;
         assemble(&id, &text, &rel, &ov, &opts.capabilities)
     }
 
     /// Validates a candidate profile document as if it were `profiles/<id>.yaml`, with this
     /// directory's overlays.
-    pub fn load_candidate(&self, opts: &LoadOptions, id: &str, text: &str, source: &str) -> Result<Loaded, Diagnostics> {
+    pub fn load_candidate(
+        &self,
+        opts: &LoadOptions,
+        id: &str,
+        text: &str,
+        source: &str,
+    ) -> Result<Loaded, Diagnostics> {
         let ov = self.read_overlays(&opts.env)?;
         assemble(id, text, source, &ov, &opts.capabilities)
     }
@@ -275,7 +333,10 @@ fn secrets_permission_warning(path: &Path) -> Option<Diagnostic> {
         Diagnostic::warning(
             Location::whole(SECRETS_ENV),
             "",
-            format!("readable by other users (mode {:o}); run `chmod 600 {SECRETS_ENV}`", mode & 0o777),
+            format!(
+                "readable by other users (mode {:o}); run `chmod 600 {SECRETS_ENV}`",
+                mode & 0o777
+            ),
         )
     })
 }
@@ -306,11 +367,21 @@ fn env_path(key: &str, tree: &Node) -> Vec<String> {
 }
 
 /// Builds the effective configuration from a profile document and overlays, and validates it.
-pub fn assemble(id: &str, text: &str, source: &str, ov: &Overlays, caps: &Capabilities) -> Result<Loaded, Diagnostics> {
-    let mut diags = Diagnostics::default();
+pub fn assemble(
+    id: &str,
+    text: &str,
+    source: &str,
+    ov: &Overlays,
+    caps: &Capabilities,
+) -> Result<Loaded, Diagnostics> {
+    let mut diags = Diagnostics(ov.warnings.clone());
     let doc = parse_yaml(text, source).map_err(Diagnostics)?;
     if !matches!(doc.value, Value::Map(_) | Value::Null) {
-        return Err(Diagnostics(vec![Diagnostic::error(doc.loc.clone(), "", "a profile must be a YAML mapping")]));
+        return Err(Diagnostics(vec![Diagnostic::error(
+            doc.loc.clone(),
+            "",
+            "a profile must be a YAML mapping",
+        )]));
     }
     let src: Arc<str> = Arc::from(source);
     let kind = match doc.get("profile").map(|n| (n, n.as_str())) {
@@ -320,7 +391,10 @@ pub fn assemble(id: &str, text: &str, source: &str, ov: &Overlays, caps: &Capabi
             diags.push(Diagnostic::error(
                 Location::new(&src, 1, 1),
                 "profile",
-                format!("missing required key `profile`; expected one of: {}", ProfileKind::ALL.join(", ")),
+                format!(
+                    "missing required key `profile`; expected one of: {}",
+                    ProfileKind::ALL.join(", ")
+                ),
             ));
             ProfileKind::default()
         }
@@ -333,7 +407,11 @@ pub fn assemble(id: &str, text: &str, source: &str, ov: &Overlays, caps: &Capabi
         if matches!(klp.value, Value::Map(_)) {
             tree.set_path(&["federation".into(), "klp".into()], klp.clone());
         } else if !matches!(klp.value, Value::Null) {
-            diags.push(Diagnostic::error(klp.loc.clone(), "", "klp_settings.yaml must be a mapping of KLP settings"));
+            diags.push(Diagnostic::error(
+                klp.loc.clone(),
+                "",
+                "klp_settings.yaml must be a mapping of KLP settings",
+            ));
         }
     }
     for (name, node) in &ov.agents {
@@ -342,8 +420,10 @@ pub fn assemble(id: &str, text: &str, source: &str, ov: &Overlays, caps: &Capabi
 
     let top_fields = struct_fields::<Config>();
     let mut extra_secrets = BTreeMap::new();
-    let env_entries = ov.env.iter().map(|(k, v)| {
-        EnvEntry { key: k.clone(), value: v.clone(), loc: Location::whole(format!("environment variable {k}")) }
+    let env_entries = ov.env.iter().map(|(k, v)| EnvEntry {
+        key: k.clone(),
+        value: v.clone(),
+        loc: Location::whole(format!("environment variable {k}")),
     });
     for (origin, entry) in ov
         .system_env
@@ -366,7 +446,11 @@ pub fn assemble(id: &str, text: &str, source: &str, ov: &Overlays, caps: &Capabi
         let dotted = path.join(".");
         let top = path.first().map(String::as_str).unwrap_or_default();
         if !top_fields.contains(&top) {
-            let mut msg = format!("`{}` does not name a config key (`{}`)", entry.key, rest.to_ascii_lowercase());
+            let mut msg = format!(
+                "`{}` does not name a config key (`{}`)",
+                entry.key,
+                rest.to_ascii_lowercase()
+            );
             if let Some(s) = did_you_mean(top, top_fields.iter().copied()) {
                 msg.push_str(&format!("; did you mean KOS_{}?", s.to_ascii_uppercase()));
             }
@@ -383,7 +467,10 @@ pub fn assemble(id: &str, text: &str, source: &str, ov: &Overlays, caps: &Capabi
             diags.push(Diagnostic::error(
                 entry.loc.clone(),
                 &dotted,
-                format!("`{}` is not a secret; set it in {SYSTEM_ENV} or the profile", entry.key),
+                format!(
+                    "`{}` is not a secret; set it in {SYSTEM_ENV} or the profile",
+                    entry.key
+                ),
             ));
             continue;
         }
@@ -394,11 +481,16 @@ pub fn assemble(id: &str, text: &str, source: &str, ov: &Overlays, caps: &Capabi
     for p in SECRET_PATHS {
         if let Some(n) = tree.at_path(p) {
             let s = &n.loc.source;
-            if !(s.as_ref() == SECRETS_ENV || s.starts_with("environment variable")) && !matches!(n.value, Value::Null) {
+            if !(s.as_ref() == SECRETS_ENV || s.starts_with("environment variable"))
+                && !matches!(n.value, Value::Null)
+            {
                 diags.push(Diagnostic::error(
                     n.loc.clone(),
                     *p,
-                    format!("is a secret: set KOS_{} in {SECRETS_ENV} or the environment, not here", p.replace('.', "__").to_ascii_uppercase()),
+                    format!(
+                        "is a secret: set KOS_{} in {SECRETS_ENV} or the environment, not here",
+                        p.replace('.', "__").to_ascii_uppercase()
+                    ),
                 ));
             }
         }
@@ -413,14 +505,37 @@ pub fn assemble(id: &str, text: &str, source: &str, ov: &Overlays, caps: &Capabi
     // Cross-field rules run even when the schema pass found errors, so the user sees every
     // problem at once; a rule finding on a path that already has an error (whose value is then
     // a placeholder) is dropped as noise.
-    let errored: Vec<String> = diags.errors().map(|d| d.path.clone()).filter(|p| !p.is_empty()).collect();
+    let errored: Vec<String> = diags
+        .errors()
+        .map(|d| d.path.clone())
+        .filter(|p| !p.is_empty())
+        .collect();
     let mut rules = Diagnostics::default();
     validate(&config, &tree, caps, &mut rules);
-    let related = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}.")) || b.starts_with(&format!("{a}."));
-    diags.extend(rules.0.into_iter().filter(|d| !errored.iter().any(|e| related(&d.path, e))));
+    let related = |a: &str, b: &str| {
+        a == b || a.starts_with(&format!("{b}.")) || b.starts_with(&format!("{a}."))
+    };
+    diags.extend(
+        rules
+            .0
+            .into_iter()
+            .filter(|d| !errored.iter().any(|e| related(&d.path, e))),
+    );
     diags.sort();
     if diags.has_errors() {
         return Err(diags);
+    }
+    // The tree is kept only to locate values; it must not carry secret values (`Loaded` is
+    // `Debug`).
+    for p in SECRET_PATHS {
+        if let Some(loc) = tree
+            .at_path(p)
+            .filter(|n| !matches!(n.value, Value::Null))
+            .map(|n| n.loc.clone())
+        {
+            let keys: Vec<String> = p.split('.').map(str::to_string).collect();
+            tree.set_path(&keys, Node::plain(crate::model::REDACTED, loc));
+        }
     }
     let canonical = canonical_json(&config);
     Ok(Loaded {

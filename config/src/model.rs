@@ -92,8 +92,13 @@ string_enum!(
 );
 
 impl ProfileKind {
-    pub const VARIANTS: [ProfileKind; 5] =
-        [Self::Standalone, Self::DeveloperNode, Self::FederationNode, Self::Enterprise, Self::Edge];
+    pub const VARIANTS: [ProfileKind; 5] = [
+        Self::Standalone,
+        Self::DeveloperNode,
+        Self::FederationNode,
+        Self::Enterprise,
+        Self::Edge,
+    ];
 
     /// The deployment mode a profile runs in.
     pub fn deployment_mode(self) -> DeploymentMode {
@@ -125,6 +130,7 @@ pub struct NodeSection {
 #[serde(default, deny_unknown_fields)]
 pub struct ApiSection {
     /// Address the HTTP API binds to. Loopback only until authentication is configured.
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// Per-request time limit.
     pub request_timeout: Duration,
@@ -136,6 +142,15 @@ pub struct ApiSection {
 
 /// The documented default API address.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7420";
+
+/// A socket address, reported through [`soft`] so that a bad one does not end the load.
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    let r = s.trim().parse::<SocketAddr>().map_err(|e| {
+        format!("`{s}` is not an IP address and port ({e}); write e.g. 127.0.0.1:7420")
+    });
+    soft(r, || ApiSection::default().listen)
+}
 
 impl Default for ApiSection {
     fn default() -> Self {
@@ -189,11 +204,21 @@ fn parse_log_level(s: &str) -> Result<String, String> {
     }
     for part in s.split(',') {
         let level = part.rsplit('=').next().unwrap_or("").trim();
-        let target = if part.contains('=') { part.split('=').next().unwrap_or("") } else { "" };
+        let target = if part.contains('=') {
+            part.split('=').next().unwrap_or("")
+        } else {
+            ""
+        };
         if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
-            return Err(format!("`{level}` is not a log level; expected one of: {}", LEVELS.join(", ")));
+            return Err(format!(
+                "`{level}` is not a log level; expected one of: {}",
+                LEVELS.join(", ")
+            ));
         }
-        if !target.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-') {
+        if !target
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
+        {
             return Err(format!("`{target}` is not a valid log target"));
         }
     }
@@ -383,17 +408,29 @@ impl<'de> Deserialize<'de> for Plugins {
                 while let Some(name) = seq.next_element::<String>()? {
                     enabled.push(name);
                 }
-                Ok(Plugins { enabled, ..Plugins::default() })
+                Ok(Plugins {
+                    enabled,
+                    ..Plugins::default()
+                })
             }
             fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Plugins, A::Error> {
                 let m = PluginsMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(Plugins { dev_mode: m.dev_mode, logger: m.logger, hot_reload: m.hot_reload, enabled: m.enabled })
+                Ok(Plugins {
+                    dev_mode: m.dev_mode,
+                    logger: m.logger,
+                    hot_reload: m.hot_reload,
+                    enabled: m.enabled,
+                })
             }
             fn visit_unit<E: de::Error>(self) -> Result<Plugins, E> {
                 Ok(Plugins::default())
             }
         }
-        d.deserialize_struct("Plugins", &["dev_mode", "logger", "hot_reload", "enabled"], V)
+        d.deserialize_struct(
+            "Plugins",
+            &["dev_mode", "logger", "hot_reload", "enabled"],
+            V,
+        )
     }
 }
 
@@ -488,7 +525,12 @@ pub struct AgentConfig {
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        Self { enabled: true, max_concurrent_tasks: 4, task_timeout: Duration::from_secs(60), settings: BTreeMap::new() }
+        Self {
+            enabled: true,
+            max_concurrent_tasks: 4,
+            task_timeout: Duration::from_secs(60),
+            settings: BTreeMap::new(),
+        }
     }
 }
 
@@ -549,7 +591,13 @@ pub struct GitOps {
 
 impl Default for GitOps {
     fn default() -> Self {
-        Self { repository: None, branch: "main".into(), sync_interval: Duration::from_secs(300), auto_sync: false, rollback_limit: 10 }
+        Self {
+            repository: None,
+            branch: "main".into(),
+            sync_interval: Duration::from_secs(300),
+            auto_sync: false,
+            rollback_limit: 10,
+        }
     }
 }
 
@@ -573,20 +621,29 @@ impl Toggle {
 
 impl Serialize for Toggle {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(if self.is_enabled() { "enabled" } else { "disabled" })
+        s.serialize_str(if self.is_enabled() {
+            "enabled"
+        } else {
+            "disabled"
+        })
     }
 }
 
 impl<'de> Deserialize<'de> for Toggle {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = BoolOrStr::deserialize(d)?;
+        let v = match BoolOrStr::deserialize(d) {
+            Ok(v) => v,
+            Err(e) => return soft(Err(e.to_string()), Toggle::default),
+        };
         let r = match v {
             BoolOrStr::Bool(true) => Ok(Toggle::Enabled),
             BoolOrStr::Bool(false) => Ok(Toggle::Disabled),
             BoolOrStr::Str(s) => match s.as_str() {
                 "enabled" => Ok(Toggle::Enabled),
                 "disabled" => Ok(Toggle::Disabled),
-                other => Err(format!("unknown value `{other}`; expected enabled, disabled, true or false")),
+                other => Err(format!(
+                    "unknown value `{other}`; expected enabled, disabled, true or false"
+                )),
             },
         };
         soft(r, Toggle::default)
@@ -620,14 +677,20 @@ impl Serialize for Requirement {
 
 impl<'de> Deserialize<'de> for Requirement {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let r = match BoolOrStr::deserialize(d)? {
+        let v = match BoolOrStr::deserialize(d) {
+            Ok(v) => v,
+            Err(e) => return soft(Err(e.to_string()), Requirement::default),
+        };
+        let r = match v {
             BoolOrStr::Bool(true) => Ok(Requirement::Required),
             BoolOrStr::Bool(false) => Ok(Requirement::Disabled),
             BoolOrStr::Str(s) => match s.as_str() {
                 "required" | "enabled" => Ok(Requirement::Required),
                 "optional" => Ok(Requirement::Optional),
                 "disabled" => Ok(Requirement::Disabled),
-                other => Err(format!("unknown value `{other}`; expected required, optional, disabled, true or false")),
+                other => Err(format!(
+                    "unknown value `{other}`; expected required, optional, disabled, true or false"
+                )),
             },
         };
         soft(r, Requirement::default)
@@ -716,9 +779,18 @@ impl<'de> Deserialize<'de> for Retention {
         let ok = humantime::parse_duration(&s).is_ok()
             || s.split_once('_').is_some_and(|(n, unit)| {
                 n.parse::<u32>().is_ok_and(|n| n > 0)
-                    && matches!(unit, "day" | "days" | "week" | "weeks" | "month" | "months" | "year" | "years")
+                    && matches!(
+                        unit,
+                        "day" | "days" | "week" | "weeks" | "month" | "months" | "year" | "years"
+                    )
             });
-        let r = if ok { Ok(Retention(s.clone())) } else { Err(format!("`{s}` is not a retention period; write e.g. 30d or 7_years")) };
+        let r = if ok {
+            Ok(Retention(s.clone()))
+        } else {
+            Err(format!(
+                "`{s}` is not a retention period; write e.g. 30d or 7_years"
+            ))
+        };
         soft(r, || Retention(String::new()))
     }
 }
@@ -761,7 +833,12 @@ impl<'de> Deserialize<'de> for Secret {
 
 /// Dotted paths of every secret field. They may be set only from `secrets.env` or the
 /// process environment, never in a profile or `system.env`.
-pub const SECRET_PATHS: &[&str] = &["database.password", "vector.api_key", "redis.password", "auth.jwt_secret"];
+pub const SECRET_PATHS: &[&str] = &[
+    "database.password",
+    "vector.api_key",
+    "redis.password",
+    "auth.jwt_secret",
+];
 
 /// How a change to a top-level section takes effect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -777,8 +854,9 @@ pub enum Reload {
 /// stores, the swarm, authentication) need a restart; the rest are read where they are used.
 pub fn section_reload(section: &str) -> Reload {
     match section {
-        "logging" | "llms" | "media_generation" | "security" | "services" | "agents" | "plugins" | "monitoring"
-        | "backup" | "bootstrap" | "gitops" | "orchestrator" | "orchestration" => Reload::Live,
+        "logging" | "llms" | "media_generation" | "security" | "services" | "agents"
+        | "plugins" | "monitoring" | "backup" | "bootstrap" | "gitops" | "orchestrator"
+        | "orchestration" => Reload::Live,
         _ => Reload::Restart,
     }
 }
@@ -798,6 +876,9 @@ mod tests {
     fn secrets_never_print() {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?}"), REDACTED);
-        assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{REDACTED}\""));
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            format!("\"{REDACTED}\"")
+        );
     }
 }

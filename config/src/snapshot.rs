@@ -126,7 +126,10 @@ pub enum StoreError {
     #[error("the configuration on disk is invalid; fix it or apply without If-Match")]
     CurrentInvalid(Diagnostics),
     #[error("the current snapshot is {}, not the expected {expected}", current.as_ref().map_or("unknown".to_string(), |c| c.to_string()))]
-    Conflict { expected: SnapshotId, current: Option<SnapshotId> },
+    Conflict {
+        expected: SnapshotId,
+        current: Option<SnapshotId>,
+    },
     #[error("no snapshot {0} in the history")]
     NotFound(String),
     #[error("{context}: {source}")]
@@ -178,9 +181,14 @@ impl Store {
     pub fn open(dir: &ConfigDir) -> Result<Self, StoreError> {
         let state = dir.path("state");
         for sub in ["snapshots", "history"] {
-            fs::create_dir_all(state.join(sub)).map_err(io_err(format!("creating {}", state.join(sub).display())))?;
+            fs::create_dir_all(state.join(sub))
+                .map_err(io_err(format!("creating {}", state.join(sub).display())))?;
         }
-        for d in [state.join("snapshots"), state.join("history"), dir.path(crate::load::PROFILES_DIR)] {
+        for d in [
+            state.join("snapshots"),
+            state.join("history"),
+            dir.path(crate::load::PROFILES_DIR),
+        ] {
             if let Ok(rd) = fs::read_dir(&d) {
                 for e in rd.flatten() {
                     if e.file_name().to_string_lossy().contains(".tmp.") {
@@ -189,7 +197,10 @@ impl Store {
                 }
             }
         }
-        Ok(Self { dir: dir.clone(), state })
+        Ok(Self {
+            dir: dir.clone(),
+            state,
+        })
     }
 
     pub fn config_dir(&self) -> &ConfigDir {
@@ -198,7 +209,12 @@ impl Store {
 
     fn lock(&self) -> Result<File, StoreError> {
         let path = self.state.join("lock");
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err("opening state/lock"))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening state/lock"))?;
         f.lock().map_err(io_err("locking state/lock"))?;
         Ok(f)
     }
@@ -217,8 +233,12 @@ impl Store {
             .iter()
             .map(|n| {
                 let p = dir.join(n);
-                let text = fs::read_to_string(&p).map_err(io_err(format!("reading {}", p.display())))?;
-                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { path: p.display().to_string(), message: e.to_string() })
+                let text =
+                    fs::read_to_string(&p).map_err(io_err(format!("reading {}", p.display())))?;
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })
             })
             .collect()
     }
@@ -236,10 +256,15 @@ impl Store {
         let p = self.snapshot_path(id);
         let text = match fs::read_to_string(&p) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(id.to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(id.to_string()));
+            }
             Err(e) => return Err(io_err(format!("reading {}", p.display()))(e)),
         };
-        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { path: p.display().to_string(), message: e.to_string() })
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        })
     }
 
     /// Resolves a full id or a unique prefix (at least 6 digits) from the history.
@@ -251,7 +276,12 @@ impl Store {
         if p.len() < 6 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(StoreError::NotFound(prefix.to_string()));
         }
-        let mut ids: Vec<SnapshotId> = self.history()?.into_iter().map(|e| e.id).filter(|i| i.as_str().starts_with(&p)).collect();
+        let mut ids: Vec<SnapshotId> = self
+            .history()?
+            .into_iter()
+            .map(|e| e.id)
+            .filter(|i| i.as_str().starts_with(&p))
+            .collect();
         ids.sort();
         ids.dedup();
         match ids.len() {
@@ -265,7 +295,8 @@ impl Store {
         if path.exists() {
             return Ok(());
         }
-        let effective: serde_json::Value = serde_json::from_str(&loaded.canonical).unwrap_or(serde_json::Value::Null);
+        let effective: serde_json::Value =
+            serde_json::from_str(&loaded.canonical).unwrap_or(serde_json::Value::Null);
         let rec = SnapshotRecord {
             id: loaded.snapshot_id.clone(),
             profile_id: loaded.profile_id.clone(),
@@ -273,22 +304,41 @@ impl Store {
             document: loaded.document.clone(),
             effective,
         };
-        let bytes = serde_json::to_vec_pretty(&rec).map_err(|e| StoreError::Corrupt { path: path.display().to_string(), message: e.to_string() })?;
-        atomic_write(&path, &bytes, None, hook).map_err(io_err(format!("writing {}", path.display())))
+        let bytes = serde_json::to_vec_pretty(&rec).map_err(|e| StoreError::Corrupt {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        atomic_write(&path, &bytes, None, hook)
+            .map_err(io_err(format!("writing {}", path.display())))
     }
 
-    fn append_history(&self, mut entry: HistoryEntry, hook: Hook<'_>) -> Result<HistoryEntry, StoreError> {
+    fn append_history(
+        &self,
+        mut entry: HistoryEntry,
+        hook: Hook<'_>,
+    ) -> Result<HistoryEntry, StoreError> {
         let last = self.head()?;
         entry.seq = last.map_or(1, |l| l.seq + 1);
-        let path = self.state.join("history").join(format!("{:010}.json", entry.seq));
-        let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| StoreError::Corrupt { path: path.display().to_string(), message: e.to_string() })?;
-        atomic_write(&path, &bytes, None, hook).map_err(io_err(format!("writing {}", path.display())))?;
+        let path = self
+            .state
+            .join("history")
+            .join(format!("{:010}.json", entry.seq));
+        let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| StoreError::Corrupt {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        atomic_write(&path, &bytes, None, hook)
+            .map_err(io_err(format!("writing {}", path.display())))?;
         Ok(entry)
     }
 
     /// Makes the history agree with the configuration on disk: if the loaded snapshot is not
     /// the last one recorded, records it (as `init`, `recovered` or `external`). Call at start.
-    pub fn reconcile(&self, loaded: &Loaded, actor: &str) -> Result<Option<HistoryEntry>, StoreError> {
+    pub fn reconcile(
+        &self,
+        loaded: &Loaded,
+        actor: &str,
+    ) -> Result<Option<HistoryEntry>, StoreError> {
         let _lock = self.lock()?;
         let head = self.head()?;
         if head.as_ref().is_some_and(|h| h.id == loaded.snapshot_id) {
@@ -316,27 +366,65 @@ impl Store {
 
     /// Validates `document` as the new active profile and applies it atomically.
     /// `expected`: compare-and-swap on the current snapshot id (HTTP `If-Match`).
-    pub fn apply(&self, opts: &LoadOptions, expected: Option<&SnapshotId>, document: &str, actor: &str) -> Result<ApplyOutcome, StoreError> {
-        self.apply_with_hook(opts, expected, document, actor, Action::Apply, None, &mut |_| {})
+    pub fn apply(
+        &self,
+        opts: &LoadOptions,
+        expected: Option<&SnapshotId>,
+        document: &str,
+        actor: &str,
+    ) -> Result<ApplyOutcome, StoreError> {
+        self.apply_with_hook(
+            opts,
+            expected,
+            document,
+            actor,
+            Action::Apply,
+            None,
+            &mut |_| {},
+        )
     }
 
     /// Restores the profile document of an earlier snapshot (a new history entry).
-    pub fn rollback(&self, opts: &LoadOptions, target: &SnapshotId, expected: Option<&SnapshotId>, actor: &str) -> Result<ApplyOutcome, StoreError> {
+    pub fn rollback(
+        &self,
+        opts: &LoadOptions,
+        target: &SnapshotId,
+        expected: Option<&SnapshotId>,
+        actor: &str,
+    ) -> Result<ApplyOutcome, StoreError> {
         let rec = self.snapshot(target)?;
         let active = self.active_id(opts)?;
         if rec.profile_id != active {
-            return Err(StoreError::Invalid(Diagnostics(vec![crate::diag::Diagnostic::error(
-                crate::tree::Location::whole(format!("snapshot {}", target.short())),
-                "",
-                format!("belongs to profile `{}`, but the active profile is `{active}`", rec.profile_id),
-            )])));
+            return Err(StoreError::Invalid(Diagnostics(vec![
+                crate::diag::Diagnostic::error(
+                    crate::tree::Location::whole(format!("snapshot {}", target.short())),
+                    "",
+                    format!(
+                        "belongs to profile `{}`, but the active profile is `{active}`",
+                        rec.profile_id
+                    ),
+                ),
+            ])));
         }
-        self.apply_with_hook(opts, expected, &rec.document, actor, Action::Rollback, Some(target.clone()), &mut |_| {})
+        self.apply_with_hook(
+            opts,
+            expected,
+            &rec.document,
+            actor,
+            Action::Rollback,
+            Some(target.clone()),
+            &mut |_| {},
+        )
     }
 
     fn active_id(&self, opts: &LoadOptions) -> Result<String, StoreError> {
-        let ov = self.dir.read_overlays(&opts.env).map_err(StoreError::CurrentInvalid)?;
-        self.dir.active_profile_id(opts, &ov).map_err(|d| StoreError::CurrentInvalid(Diagnostics(vec![d])))
+        let ov = self
+            .dir
+            .read_overlays(&opts.env)
+            .map_err(StoreError::CurrentInvalid)?;
+        self.dir
+            .active_profile_id(opts, &ov)
+            .map_err(|d| StoreError::CurrentInvalid(Diagnostics(vec![d])))
     }
 
     /// [`Store::apply`] with a hook called at each step (for crash tests).
@@ -353,7 +441,10 @@ impl Store {
     ) -> Result<ApplyOutcome, StoreError> {
         let active = self.active_id(opts)?;
         let source = ConfigDir::profile_rel(&active);
-        let candidate = self.dir.load_candidate(opts, &active, document, &source).map_err(StoreError::Invalid)?;
+        let candidate = self
+            .dir
+            .load_candidate(opts, &active, document, &source)
+            .map_err(StoreError::Invalid)?;
         hook("validated");
 
         let _lock = self.lock()?;
@@ -363,28 +454,50 @@ impl Store {
         if let Some(exp) = expected
             && current_id.as_ref() != Some(exp)
         {
-            return Err(StoreError::Conflict { expected: exp.clone(), current: current_id });
+            return Err(StoreError::Conflict {
+                expected: exp.clone(),
+                current: current_id,
+            });
         }
-        let old_effective = current.as_ref().ok().and_then(|l| serde_json::from_str(&l.canonical).ok()).unwrap_or(serde_json::Value::Null);
-        let new_effective: serde_json::Value = serde_json::from_str(&candidate.canonical).unwrap_or(serde_json::Value::Null);
+        let old_effective = current
+            .as_ref()
+            .ok()
+            .and_then(|l| serde_json::from_str(&l.canonical).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let new_effective: serde_json::Value =
+            serde_json::from_str(&candidate.canonical).unwrap_or(serde_json::Value::Null);
         let changes = diff_json(&old_effective, &new_effective);
-        let mut sections: Vec<String> = changes.iter().map(|c| c.path.split(['.', '[']).next().unwrap_or("").to_string()).collect();
+        let mut sections: Vec<String> = changes
+            .iter()
+            .map(|c| c.path.split(['.', '[']).next().unwrap_or("").to_string())
+            .collect();
         sections.sort();
         sections.dedup();
-        let (live, restart_required): (Vec<String>, Vec<String>) = sections.into_iter().partition(|s| section_reload(s) == Reload::Live);
+        let (live, restart_required): (Vec<String>, Vec<String>) = sections
+            .into_iter()
+            .partition(|s| section_reload(s) == Reload::Live);
 
         let head = self.head()?;
         if current_id.as_ref() == Some(&candidate.snapshot_id)
             && let Some(h) = head.as_ref().filter(|h| h.id == candidate.snapshot_id)
         {
             let entry = h.clone();
-            return Ok(ApplyOutcome { previous: current_id, loaded: candidate, entry, changes, live, restart_required, unchanged: true });
+            return Ok(ApplyOutcome {
+                previous: current_id,
+                loaded: candidate,
+                entry,
+                changes,
+                live,
+                restart_required,
+                unchanged: true,
+            });
         }
 
         self.write_snapshot(&candidate, hook)?;
         hook("snapshot_written");
         let profile_path = self.dir.profile_path(&active);
-        atomic_write(&profile_path, document.as_bytes(), None, hook).map_err(io_err(format!("writing {}", profile_path.display())))?;
+        atomic_write(&profile_path, document.as_bytes(), None, hook)
+            .map_err(io_err(format!("writing {}", profile_path.display())))?;
         hook("committed");
         let entry = HistoryEntry {
             seq: 0,
@@ -399,16 +512,32 @@ impl Store {
         };
         let entry = self.append_history(entry, hook)?;
         hook("history_written");
-        Ok(ApplyOutcome { previous: current_id, loaded: candidate, entry, changes, live, restart_required, unchanged: false })
+        Ok(ApplyOutcome {
+            previous: current_id,
+            loaded: candidate,
+            entry,
+            changes,
+            live,
+            restart_required,
+            unchanged: false,
+        })
     }
 }
 
 /// Writes a file so that readers see the old or the new content, never a mix: write a
 /// temporary file beside it, fsync, rename over the target, fsync the directory.
 /// `mode` sets Unix permissions on the temporary file before any data is written.
-pub fn atomic_write(path: &Path, bytes: &[u8], mode: Option<u32>, hook: Hook<'_>) -> io::Result<()> {
+pub fn atomic_write(
+    path: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+    hook: Hook<'_>,
+) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let mut opts = OpenOptions::new();
     opts.write(true).create(true).truncate(true);

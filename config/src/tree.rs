@@ -29,12 +29,20 @@ pub struct Location {
 impl Location {
     /// A location inside a text source.
     pub fn new(source: &Arc<str>, line: u32, column: u32) -> Self {
-        Self { source: source.clone(), line, column }
+        Self {
+            source: source.clone(),
+            line,
+            column,
+        }
     }
 
     /// A location for a source without lines.
     pub fn whole(source: impl Into<Arc<str>>) -> Self {
-        Self { source: source.into(), line: 0, column: 0 }
+        Self {
+            source: source.into(),
+            line: 0,
+            column: 0,
+        }
     }
 }
 
@@ -87,12 +95,22 @@ impl Node {
 
     /// An empty mapping (used as the root when a source is empty).
     pub fn empty_map(loc: Location) -> Self {
-        Self { value: Value::Map(Vec::new()), loc }
+        Self {
+            value: Value::Map(Vec::new()),
+            loc,
+        }
     }
 
     /// A plain scalar from a source without YAML typing (environment variables).
     pub fn plain(text: impl Into<String>, loc: Location) -> Self {
-        Self { value: Value::Scalar(Scalar { text: text.into(), quoted: false, env: true }), loc }
+        Self {
+            value: Value::Scalar(Scalar {
+                text: text.into(),
+                quoted: false,
+                env: true,
+            }),
+            loc,
+        }
     }
 
     /// A short description of the node's kind, for "expected X, found Y" messages.
@@ -194,7 +212,9 @@ impl Node {
             self.value = Value::Map(Vec::new());
             self.loc = value.loc.clone();
         }
-        let Value::Map(entries) = &mut self.value else { return };
+        let Value::Map(entries) = &mut self.value else {
+            return;
+        };
         let idx = match entries.iter().position(|e| &e.key == first) {
             Some(i) => i,
             None => {
@@ -278,14 +298,25 @@ pub fn parse_yaml(text: &str, source: &str) -> Result<Node, Vec<Diagnostic>> {
         return Err(vec![Diagnostic::error(
             whole,
             "",
-            format!("file is {} bytes; the limit is {MAX_SOURCE_BYTES}", text.len()),
+            format!(
+                "file is {} bytes; the limit is {MAX_SOURCE_BYTES}",
+                text.len()
+            ),
         )]);
     }
-    let mut builder = Builder { src: src.clone(), stack: Vec::new(), anchors: Vec::new(), root: None, docs: 0, errors: Vec::new() };
+    let mut builder = Builder {
+        src: src.clone(),
+        stack: Vec::new(),
+        anchors: Vec::new(),
+        root: None,
+        docs: 0,
+        errors: Vec::new(),
+    };
     for item in Parser::new_from_str(text) {
         match item {
             Ok((event, span)) => {
-                let loc = Location::new(&src, span.start.line() as u32, span.start.col() as u32 + 1);
+                let loc =
+                    Location::new(&src, span.start.line() as u32, span.start.col() as u32 + 1);
                 if let Err(d) = builder.event(event, loc) {
                     builder.errors.push(d);
                     break;
@@ -305,12 +336,21 @@ pub fn parse_yaml(text: &str, source: &str) -> Result<Node, Vec<Diagnostic>> {
     if !builder.errors.is_empty() {
         return Err(builder.errors);
     }
-    Ok(builder.root.unwrap_or_else(|| Node::new(Value::Null, whole)))
+    Ok(builder
+        .root
+        .unwrap_or_else(|| Node::new(Value::Null, whole)))
 }
 
 enum Frame {
-    Seq { node: Node, anchor: usize },
-    Map { node: Node, anchor: usize, pending_key: Option<(String, Location)> },
+    Seq {
+        node: Node,
+        anchor: usize,
+    },
+    Map {
+        node: Node,
+        anchor: usize,
+        pending_key: Option<(String, Location)>,
+    },
 }
 
 struct Builder {
@@ -328,7 +368,11 @@ impl Builder {
             Event::DocumentStart(_) => {
                 self.docs += 1;
                 if self.docs > 1 {
-                    return Err(Diagnostic::error(loc, "", "expected a single YAML document, found a second one"));
+                    return Err(Diagnostic::error(
+                        loc,
+                        "",
+                        "expected a single YAML document, found a second one",
+                    ));
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
@@ -337,7 +381,11 @@ impl Builder {
                 let value = if !quoted && is_null(&text) {
                     Value::Null
                 } else {
-                    Value::Scalar(Scalar { text: text.into_owned(), quoted, env: false })
+                    Value::Scalar(Scalar {
+                        text: text.into_owned(),
+                        quoted,
+                        env: false,
+                    })
                 };
                 self.push(Node::new(value, loc), anchor)?;
             }
@@ -348,21 +396,32 @@ impl Builder {
                     .rev()
                     .find(|(a, _)| *a == id)
                     .map(|(_, n)| n.clone())
-                    .ok_or_else(|| Diagnostic::error(loc.clone(), "", "alias refers to an unknown anchor"))?;
+                    .ok_or_else(|| {
+                        Diagnostic::error(loc.clone(), "", "alias refers to an unknown anchor")
+                    })?;
                 self.push(node, 0)?;
             }
             Event::SequenceStart(anchor, _) => {
                 self.check_depth(&loc)?;
-                self.stack.push(Frame::Seq { node: Node::new(Value::Seq(Vec::new()), loc), anchor });
+                self.stack.push(Frame::Seq {
+                    node: Node::new(Value::Seq(Vec::new()), loc),
+                    anchor,
+                });
             }
             Event::MappingStart(anchor, _) => {
                 self.check_depth(&loc)?;
-                self.stack.push(Frame::Map { node: Node::new(Value::Map(Vec::new()), loc), anchor, pending_key: None });
+                self.stack.push(Frame::Map {
+                    node: Node::new(Value::Map(Vec::new()), loc),
+                    anchor,
+                    pending_key: None,
+                });
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 if let Some(frame) = self.stack.pop() {
                     let (node, anchor) = match frame {
-                        Frame::Seq { node, anchor } | Frame::Map { node, anchor, .. } => (node, anchor),
+                        Frame::Seq { node, anchor } | Frame::Map { node, anchor, .. } => {
+                            (node, anchor)
+                        }
                     };
                     self.push(node, anchor)?;
                 }
@@ -374,7 +433,11 @@ impl Builder {
 
     fn check_depth(&self, loc: &Location) -> Result<(), Diagnostic> {
         if self.stack.len() >= MAX_DEPTH {
-            return Err(Diagnostic::error(loc.clone(), "", format!("nesting deeper than {MAX_DEPTH} levels")));
+            return Err(Diagnostic::error(
+                loc.clone(),
+                "",
+                format!("nesting deeper than {MAX_DEPTH} levels"),
+            ));
         }
         Ok(())
     }
@@ -392,15 +455,29 @@ impl Builder {
                     items.push(node);
                 }
             }
-            Some(Frame::Map { node: parent, pending_key, .. }) => match pending_key.take() {
+            Some(Frame::Map {
+                node: parent,
+                pending_key,
+                ..
+            }) => match pending_key.take() {
                 None => {
                     let key = match &node.value {
                         Value::Scalar(s) => s.text.clone(),
                         Value::Null => String::new(),
-                        _ => return Err(Diagnostic::error(node.loc, "", "mapping keys must be plain strings")),
+                        _ => {
+                            return Err(Diagnostic::error(
+                                node.loc,
+                                "",
+                                "mapping keys must be plain strings",
+                            ));
+                        }
                     };
                     if key == "<<" {
-                        return Err(Diagnostic::error(node.loc, "", "merge keys (`<<`) are not supported; write the keys out"));
+                        return Err(Diagnostic::error(
+                            node.loc,
+                            "",
+                            "merge keys (`<<`) are not supported; write the keys out",
+                        ));
                     }
                     if let Value::Map(entries) = &parent.value
                         && let Some(first) = entries.iter().find(|e| e.key == key)
@@ -408,14 +485,21 @@ impl Builder {
                         return Err(Diagnostic::error(
                             node.loc,
                             "",
-                            format!("duplicate key `{key}` (first defined at line {})", first.key_loc.line),
+                            format!(
+                                "duplicate key `{key}` (first defined at line {})",
+                                first.key_loc.line
+                            ),
                         ));
                     }
                     *pending_key = Some((key, node.loc));
                 }
                 Some((key, key_loc)) => {
                     if let Value::Map(entries) = &mut parent.value {
-                        entries.push(Entry { key, key_loc, value: node });
+                        entries.push(Entry {
+                            key,
+                            key_loc,
+                            value: node,
+                        });
                     }
                 }
             },
@@ -441,13 +525,25 @@ mod tests {
         let y = n.at_path("a.c[1]").unwrap();
         assert_eq!(y.as_str(), Some("y"));
         assert_eq!((y.loc.line, y.loc.column), (3, 10));
-        assert_eq!(n.entry("a").unwrap().value.entry("c").unwrap().key_loc.column, 3);
+        assert_eq!(
+            n.entry("a")
+                .unwrap()
+                .value
+                .entry("c")
+                .unwrap()
+                .key_loc
+                .column,
+            3
+        );
     }
 
     #[test]
     fn duplicate_keys_and_syntax_errors_are_located() {
         let e = parse_yaml("a: 1\nb: 2\na: 3\n", "f.yaml").unwrap_err();
-        assert_eq!(e[0].to_string(), "f.yaml:3:1: duplicate key `a` (first defined at line 1)");
+        assert_eq!(
+            e[0].to_string(),
+            "f.yaml:3:1: duplicate key `a` (first defined at line 1)"
+        );
         let e = parse_yaml("a: [1, 2\nb: 3\n", "f.yaml").unwrap_err();
         assert!(e[0].location.line >= 1, "{:?}", e);
         assert!(e[0].message.starts_with("invalid YAML"));
@@ -467,7 +563,10 @@ mod tests {
     #[test]
     fn set_path_creates_intermediate_maps() {
         let mut a = parse_yaml("x: 1\n", "a").unwrap();
-        a.set_path(&["p".into(), "q".into()], Node::plain("v", Location::whole("env")));
+        a.set_path(
+            &["p".into(), "q".into()],
+            Node::plain("v", Location::whole("env")),
+        );
         assert_eq!(a.at_path("p.q").unwrap().as_str(), Some("v"));
         assert_eq!(a.locate("p.q.r").to_string(), "env");
     }

@@ -24,8 +24,13 @@ pub struct Capabilities {
 
 impl Capabilities {
     /// Everything on (for tests of the rules that do not concern capabilities).
-    pub const ALL: Capabilities =
-        Capabilities { postgres: true, redis: true, qdrant: true, embedded_vector: true, api_auth: true };
+    pub const ALL: Capabilities = Capabilities {
+        postgres: true,
+        redis: true,
+        qdrant: true,
+        embedded_vector: true,
+        api_auth: true,
+    };
 }
 
 struct Ctx<'a> {
@@ -47,7 +52,9 @@ impl Ctx<'_> {
 
     /// Whether the value at `path` was set by the user (not only by the built-in preset).
     fn user_set(&self, path: &str) -> bool {
-        self.tree.at_path(path).is_some_and(|n| n.value != crate::tree::Value::Null && !n.loc.source.starts_with("<built-in"))
+        self.tree.at_path(path).is_some_and(|n| {
+            n.value != crate::tree::Value::Null && !n.loc.source.starts_with("<built-in")
+        })
     }
 
     fn warn(&mut self, path: &str, msg: impl Into<String>) {
@@ -57,7 +64,11 @@ impl Ctx<'_> {
 
     /// Path of whichever spelling the user set (for locating), the short form first.
     fn set_path(&self, a: &'static str, b: &'static str) -> &'static str {
-        if self.user_set(b) && !self.user_set(a) { b } else { a }
+        if self.user_set(b) && !self.user_set(a) {
+            b
+        } else {
+            a
+        }
     }
 }
 
@@ -70,14 +81,36 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
     if c.deployment_mode != kind.deployment_mode() {
         cx.error(
             "deployment_mode",
-            format!("profile `{kind}` runs in deployment mode `{}`, not `{}`", kind.deployment_mode(), c.deployment_mode),
+            format!(
+                "profile `{kind}` runs in deployment mode `{}`, not `{}`",
+                kind.deployment_mode(),
+                c.deployment_mode
+            ),
         );
     }
 
     // Two spellings of one setting must agree.
-    let database = agree(&mut cx, "storage.database", c.storage.database, "database.type", c.database.type_);
-    let vector = agree(&mut cx, "storage.vector", c.storage.vector, "vector.type", c.vector.type_);
-    let bus = agree(&mut cx, "messaging.bus", c.messaging.bus, "messaging.type", c.messaging.type_);
+    let database = agree(
+        &mut cx,
+        "storage.database",
+        c.storage.database,
+        "database.type",
+        c.database.type_,
+    );
+    let vector = agree(
+        &mut cx,
+        "storage.vector",
+        c.storage.vector,
+        "vector.type",
+        c.vector.type_,
+    );
+    let bus = agree(
+        &mut cx,
+        "messaging.bus",
+        c.messaging.bus,
+        "messaging.type",
+        c.messaging.type_,
+    );
     let database = database.unwrap_or(DatabaseKind::Sqlite);
     let vector = vector.unwrap_or(VectorKind::None);
     let bus = bus.unwrap_or(BusKind::Memory);
@@ -94,12 +127,18 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
                 cx.error("federation.klp.enabled", "the standalone profile runs without peers; KLP must be disabled (use federation_node to federate)");
             }
             if database != DatabaseKind::Sqlite {
-                cx.error(db_path, "the standalone profile uses the embedded SQLite database");
+                cx.error(
+                    db_path,
+                    "the standalone profile uses the embedded SQLite database",
+                );
             }
         }
         ProfileKind::Edge => {
             if database != DatabaseKind::Sqlite {
-                cx.error(db_path, "the edge profile uses the embedded SQLite database");
+                cx.error(
+                    db_path,
+                    "the edge profile uses the embedded SQLite database",
+                );
             }
             if bus != BusKind::Memory {
                 cx.error(bus_path, "the edge profile uses the in-memory bus");
@@ -108,23 +147,38 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
                 cx.error("storage.cache", "the edge profile has no Redis");
             }
             if vector == VectorKind::Qdrant {
-                cx.error(vector_path, "the edge profile has no Qdrant server; use `embedded` or `none`");
+                cx.error(
+                    vector_path,
+                    "the edge profile has no Qdrant server; use `embedded` or `none`",
+                );
             }
         }
         ProfileKind::FederationNode => {
             if !klp.enabled {
-                cx.error("federation.klp.enabled", "the federation_node profile requires KLP enabled");
+                cx.error(
+                    "federation.klp.enabled",
+                    "the federation_node profile requires KLP enabled",
+                );
             }
             if !c.auth.jwt.is_enabled() {
-                cx.error("auth.jwt", "the federation_node profile requires JWT authentication (`jwt: enabled`)");
+                cx.error(
+                    "auth.jwt",
+                    "the federation_node profile requires JWT authentication (`jwt: enabled`)",
+                );
             }
         }
         ProfileKind::Enterprise => {
             if database != DatabaseKind::Postgresql {
-                cx.error(db_path, "the enterprise profile requires PostgreSQL (`storage.database: postgresql`)");
+                cx.error(
+                    db_path,
+                    "the enterprise profile requires PostgreSQL (`storage.database: postgresql`)",
+                );
             }
             if !c.auth.rbac.is_enabled() {
-                cx.error("auth.rbac", "the enterprise profile requires RBAC (`rbac: enabled`)");
+                cx.error(
+                    "auth.rbac",
+                    "the enterprise profile requires RBAC (`rbac: enabled`)",
+                );
             }
         }
         ProfileKind::DeveloperNode => {}
@@ -134,52 +188,104 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
     match database {
         DatabaseKind::Sqlite => {
             if c.database.location.trim().is_empty() {
-                cx.error("database.location", "SQLite needs a directory for its database file");
+                cx.error(
+                    "database.location",
+                    "SQLite needs a directory for its database file",
+                );
             }
         }
         DatabaseKind::Postgresql => {
             if !caps.postgres {
                 cx.error(db_path, "PostgreSQL is not in this build: it was compiled without the `postgres` cargo feature");
             }
-            check_url(&mut cx, "database.url", c.database.url.as_deref(), &["postgres", "postgresql"], "PostgreSQL", db_path);
+            check_url(
+                &mut cx,
+                "database.url",
+                c.database.url.as_deref(),
+                &["postgres", "postgresql"],
+                "PostgreSQL",
+                db_path,
+            );
         }
     }
     if c.database.max_connections == 0 {
         cx.error("database.max_connections", "must be at least 1");
     } else if c.database.min_connections > c.database.max_connections {
-        cx.error("database.min_connections", format!("is larger than max_connections ({})", c.database.max_connections));
+        cx.error(
+            "database.min_connections",
+            format!(
+                "is larger than max_connections ({})",
+                c.database.max_connections
+            ),
+        );
     }
 
-    let uses_redis = bus == BusKind::Redis || cache == CacheKind::Redis || c.message_bus.pubsub == PubSub::Redis;
+    let uses_redis =
+        bus == BusKind::Redis || cache == CacheKind::Redis || c.message_bus.pubsub == PubSub::Redis;
     if uses_redis {
-        let path = if bus == BusKind::Redis { bus_path } else if cache == CacheKind::Redis { "storage.cache" } else { "message_bus.pubsub" };
+        let path = if bus == BusKind::Redis {
+            bus_path
+        } else if cache == CacheKind::Redis {
+            "storage.cache"
+        } else {
+            "message_bus.pubsub"
+        };
         if !caps.redis {
-            cx.error(path, "Redis is not in this build: it was compiled without the `redis` cargo feature");
+            cx.error(
+                path,
+                "Redis is not in this build: it was compiled without the `redis` cargo feature",
+            );
         }
-        check_url(&mut cx, "redis.url", c.redis.url.as_deref(), &["redis", "rediss"], "Redis", path);
+        check_url(
+            &mut cx,
+            "redis.url",
+            c.redis.url.as_deref(),
+            &["redis", "rediss"],
+            "Redis",
+            path,
+        );
     }
     if c.message_bus.redis_cluster {
-        cx.error("message_bus.redis_cluster", "Redis Cluster is not supported; point `redis.url` at one Redis server");
+        cx.error(
+            "message_bus.redis_cluster",
+            "Redis Cluster is not supported; point `redis.url` at one Redis server",
+        );
     }
     if c.message_bus.pubsub == PubSub::Mqtt {
-        cx.error("message_bus.pubsub", "MQTT is not supported by kOS node; use `redis` or `none`");
+        cx.error(
+            "message_bus.pubsub",
+            "MQTT is not supported by kOS node; use `redis` or `none`",
+        );
     }
     if c.message_bus.federation_bridge == FederationBridge::Klp && !klp.enabled {
-        cx.error("message_bus.federation_bridge", "bridging the bus over KLP needs `federation.klp.enabled: true`");
+        cx.error(
+            "message_bus.federation_bridge",
+            "bridging the bus over KLP needs `federation.klp.enabled: true`",
+        );
     }
 
     match vector {
         VectorKind::None => {}
         VectorKind::Embedded => {
             if !caps.embedded_vector {
-                cx.error(vector_path, "the in-process vector engine is not in this build");
+                cx.error(
+                    vector_path,
+                    "the in-process vector engine is not in this build",
+                );
             }
         }
         VectorKind::Qdrant => {
             if !caps.qdrant {
                 cx.error(vector_path, "Qdrant is not in this build: it was compiled without the `qdrant` cargo feature");
             }
-            check_url(&mut cx, "vector.url", c.vector.url.as_deref(), &["http", "https"], "Qdrant", vector_path);
+            check_url(
+                &mut cx,
+                "vector.url",
+                c.vector.url.as_deref(),
+                &["http", "https"],
+                "Qdrant",
+                vector_path,
+            );
         }
         VectorKind::Chroma | VectorKind::Weaviate => {
             cx.error(vector_path, format!("`{vector}` is not supported by kOS node; use `qdrant` (server) or `embedded` (in-process)"));
@@ -211,13 +317,19 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
     for (field, list) in [("listen", &klp.listen), ("bootstrap", &klp.bootstrap)] {
         for (i, a) in list.iter().enumerate() {
             if !a.starts_with('/') || a.contains(char::is_whitespace) || a.len() > 512 {
-                cx.error(&format!("federation.klp.{field}[{i}]"), format!("`{a}` is not a multiaddr (e.g. /ip4/0.0.0.0/tcp/4001)"));
+                cx.error(
+                    &format!("federation.klp.{field}[{i}]"),
+                    format!("`{a}` is not a multiaddr (e.g. /ip4/0.0.0.0/tcp/4001)"),
+                );
             }
         }
     }
     for (i, a) in klp.bootstrap.iter().enumerate() {
         if a.starts_with('/') && !a.contains("/p2p/") {
-            cx.error(&format!("federation.klp.bootstrap[{i}]"), "a bootstrap address must end in /p2p/<peer id>");
+            cx.error(
+                &format!("federation.klp.bootstrap[{i}]"),
+                "a bootstrap address must end in /p2p/<peer id>",
+            );
         }
     }
 
@@ -232,7 +344,10 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
         let path = format!("agents.{name}");
         match name.parse::<AgentService>() {
             Err(_) => {
-                let mut msg = format!("`{name}` is not an agent service; expected one of: {}", AgentService::ALL.join(", "));
+                let mut msg = format!(
+                    "`{name}` is not an agent service; expected one of: {}",
+                    AgentService::ALL.join(", ")
+                );
                 if let Some(s) = did_you_mean(name, AgentService::ALL.iter().copied()) {
                     msg.push_str(&format!(" (did you mean `{s}`?)"));
                 }
@@ -244,7 +359,10 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
             Ok(_) => {}
         }
         if agent.max_concurrent_tasks == 0 {
-            cx.error(&format!("{path}.max_concurrent_tasks"), "must be at least 1");
+            cx.error(
+                &format!("{path}.max_concurrent_tasks"),
+                "must be at least 1",
+            );
         }
     }
 
@@ -259,26 +377,76 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
         match c.bootstrap.enrollment_server.as_deref() {
             Some(u) if u.starts_with("https://") => {}
             Some(_) => cx.error("bootstrap.enrollment_server", "must be an https:// URL"),
-            None => cx.error("bootstrap.method", "`qr_code` needs `bootstrap.enrollment_server`"),
+            None => cx.error(
+                "bootstrap.method",
+                "`qr_code` needs `bootstrap.enrollment_server`",
+            ),
         }
     }
     if c.backup.schedule != BackupSchedule::Never && c.backup.retention.is_none() {
-        cx.error("backup.retention", "a backup schedule needs a retention period");
+        cx.error(
+            "backup.retention",
+            "a backup schedule needs a retention period",
+        );
     }
 
     // Settings that load (they appear in the seeds) but that this node does not act on.
     let inert: [(&str, bool, &str); 11] = [
-        ("messaging.persistence", c.messaging.persistence == Persistence::Indexeddb, "`indexeddb` is a browser store; the node keeps events in its database"),
-        ("auth.ldap", c.auth.ldap, "LDAP is not implemented; this setting has no effect"),
-        ("auth.saml", c.auth.saml != Requirement::Disabled, "SAML is not implemented; this setting has no effect"),
-        ("orchestration.kubernetes", c.orchestration.kubernetes.is_enabled(), "describes how the node is deployed; the node itself does not act on it"),
-        ("orchestration.autoscale", c.orchestration.autoscale, "autoscaling belongs to the orchestrator; the node does not act on it"),
-        ("orchestrator.service_mesh", c.orchestrator.service_mesh, "no service mesh is implemented; this setting has no effect"),
-        ("backup.s3_bucket", c.backup.s3_bucket.is_some(), "backups to S3 are not implemented; back up the data volume instead"),
-        ("gitops.repository", c.gitops.repository.is_some(), "GitOps sync is not implemented; apply changes through the config API"),
-        ("bootstrap.method", c.bootstrap.method != BootstrapMethod::None, "zero-touch provisioning is not implemented; this setting has no effect"),
-        ("monitoring.logs", c.monitoring.logs.iter().any(|l| *l != LogSink::Stdout), "logs go to stdout; ship them to Loki or CloudWatch with your log collector"),
-        ("monitoring.alerting", !c.monitoring.alerting.is_empty(), "alerting is done by your monitoring stack from /metrics; this setting has no effect"),
+        (
+            "messaging.persistence",
+            c.messaging.persistence == Persistence::Indexeddb,
+            "`indexeddb` is a browser store; the node keeps events in its database",
+        ),
+        (
+            "auth.ldap",
+            c.auth.ldap,
+            "LDAP is not implemented; this setting has no effect",
+        ),
+        (
+            "auth.saml",
+            c.auth.saml != Requirement::Disabled,
+            "SAML is not implemented; this setting has no effect",
+        ),
+        (
+            "orchestration.kubernetes",
+            c.orchestration.kubernetes.is_enabled(),
+            "describes how the node is deployed; the node itself does not act on it",
+        ),
+        (
+            "orchestration.autoscale",
+            c.orchestration.autoscale,
+            "autoscaling belongs to the orchestrator; the node does not act on it",
+        ),
+        (
+            "orchestrator.service_mesh",
+            c.orchestrator.service_mesh,
+            "no service mesh is implemented; this setting has no effect",
+        ),
+        (
+            "backup.s3_bucket",
+            c.backup.s3_bucket.is_some(),
+            "backups to S3 are not implemented; back up the data volume instead",
+        ),
+        (
+            "gitops.repository",
+            c.gitops.repository.is_some(),
+            "GitOps sync is not implemented; apply changes through the config API",
+        ),
+        (
+            "bootstrap.method",
+            c.bootstrap.method != BootstrapMethod::None,
+            "zero-touch provisioning is not implemented; this setting has no effect",
+        ),
+        (
+            "monitoring.logs",
+            c.monitoring.logs.iter().any(|l| *l != LogSink::Stdout),
+            "logs go to stdout; ship them to Loki or CloudWatch with your log collector",
+        ),
+        (
+            "monitoring.alerting",
+            !c.monitoring.alerting.is_empty(),
+            "alerting is done by your monitoring stack from /metrics; this setting has no effect",
+        ),
     ];
     for (path, set, msg) in inert {
         if set {
@@ -301,7 +469,10 @@ fn agree<T: PartialEq + Copy + std::fmt::Display>(
                 (false, true) => Some(y),
                 (true, false) => Some(x),
                 _ => {
-                    cx.error(b_path, format!("`{y}` disagrees with `{a_path}: {x}`; set one of them"));
+                    cx.error(
+                        b_path,
+                        format!("`{y}` disagrees with `{a_path}: {x}`; set one of them"),
+                    );
                     Some(x)
                 }
             }
@@ -310,24 +481,57 @@ fn agree<T: PartialEq + Copy + std::fmt::Display>(
     }
 }
 
-fn check_url(cx: &mut Ctx<'_>, path: &str, url: Option<&str>, schemes: &[&str], what: &str, needed_by: &str) {
+fn check_url(
+    cx: &mut Ctx<'_>,
+    path: &str,
+    url: Option<&str>,
+    schemes: &[&str],
+    what: &str,
+    needed_by: &str,
+) {
     let Some(url) = url else {
-        cx.error_at(needed_by, path, format!("`{needed_by}` selects {what}, which needs `{path}` ({}://...)", schemes[0]));
+        cx.error_at(
+            needed_by,
+            path,
+            format!(
+                "`{needed_by}` selects {what}, which needs `{path}` ({}://...)",
+                schemes[0]
+            ),
+        );
         return;
     };
     let Some((scheme, rest)) = url.split_once("://") else {
-        cx.error(path, format!("`{url}` is not a URL; expected {}://...", schemes[0]));
+        cx.error(
+            path,
+            format!("`{url}` is not a URL; expected {}://...", schemes[0]),
+        );
         return;
     };
     if !schemes.contains(&scheme) {
-        cx.error(path, format!("scheme `{scheme}` is not valid for {what}; expected {}", schemes.join(" or ")));
+        cx.error(
+            path,
+            format!(
+                "scheme `{scheme}` is not valid for {what}; expected {}",
+                schemes.join(" or ")
+            ),
+        );
     }
     let authority = rest.split(['/', '?']).next().unwrap_or("");
     if let Some((userinfo, _)) = authority.rsplit_once('@')
         && userinfo.contains(':')
     {
-        let secret = format!("KOS_{}", path.rsplit_once('.').map_or(path, |p| p.0).to_ascii_uppercase());
-        cx.error(path, format!("the URL contains a password; remove it and set {secret}__PASSWORD in secrets.env"));
+        let secret = format!(
+            "KOS_{}",
+            path.rsplit_once('.')
+                .map_or(path, |p| p.0)
+                .to_ascii_uppercase()
+        );
+        cx.error(
+            path,
+            format!(
+                "the URL contains a password; remove it and set {secret}__PASSWORD in secrets.env"
+            ),
+        );
     }
     if authority.is_empty() {
         cx.error(path, format!("`{url}` has no host"));

@@ -1,1 +1,16 @@
+//! The kOS node: daemon, HTTP API (kConfigD) and the `kos` command line.
+//!
+//! - [`daemon`]: start-up order, shared [`daemon::NodeState`], hot reload, graceful shutdown.
+//! - [`api`]: the axum HTTP API (this is the only crate that uses axum).
+//! - [`store`]: the database (SQLite, PostgreSQL) behind repository traits.
+//! - [`identity`]: the node's ed25519 key.
+//! - [`metrics`], [`telemetry`]: Prometheus metrics and `tracing` logs.
+//! - [`cli`]: `kos` subcommands.
 
+pub mod api;
+pub mod cli;
+pub mod daemon;
+pub mod identity;
+pub mod metrics;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,188 @@
+//! The HTTP API: kConfigD (configuration), profiles, and operations endpoints.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/healthz` | liveness |
+//! | GET | `/readyz` | readiness (503 while starting or draining) |
+//! | GET | `/metrics` | Prometheus text |
+//! | GET | `/api/config/profile` | active profile: document, effective config, snapshot id (ETag) |
+//! | PUT | `/api/config/validate` | validate a document; 422 lists every error |
+//! | GET | `/api/config/diff` | differences between snapshots / profiles |
+//! | POST | `/api/config/apply` | apply a document; `If-Match` required (412 on mismatch) |
+//! | GET | `/api/config/status` | snapshot ids, pending restart, last change |
+//! | GET | `/api/config/health` | checks of the config service and database |
+//! | GET | `/api/config/history` | applied snapshots, newest first |
+//! | POST | `/api/config/rollback` | roll back to an earlier snapshot |
+//! | GET/POST | `/api/profiles` | list / create profiles |
+//! | GET/PUT/DELETE | `/api/profiles/{id}` | read / update / delete a profile |
+//! | GET | `/api/events` | node events (audit trail) |
+
+mod config;
+mod ops;
+pub mod problem;
+mod profiles;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::daemon::NodeState;
+use crate::metrics::HttpLabels;
+use problem::Problem;
+
+pub type AppState = Arc<NodeState>;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn router(state: AppState) -> Router {
+    let boot = &state.boot.config.api;
+    let timeout = boot.request_timeout.get();
+    let max_body = boot.max_body_bytes as usize;
+    let api = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/api/config/profile", get(config::profile))
+        .route("/api/config/validate", put(config::validate))
+        .route("/api/config/diff", get(config::diff))
+        .route("/api/config/apply", post(config::apply))
+        .route("/api/config/status", get(config::status))
+        .route("/api/config/health", get(config::health))
+        .route("/api/config/history", get(config::history))
+        .route("/api/config/rollback", post(config::rollback))
+        .route("/api/profiles", get(profiles::list).post(profiles::create))
+        .route(
+            "/api/profiles/{id}",
+            get(profiles::read)
+                .put(profiles::update)
+                .delete(profiles::delete),
+        )
+        .route("/api/events", get(ops::events))
+        .route_layer(middleware::from_fn_with_state(state.clone(), track))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .with_state(state);
+    api.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let rid = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %rid)
+            }))
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout)),
+    )
+}
+
+/// Counts requests by matched route and status.
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    let labels = HttpLabels {
+        method,
+        route,
+        status: resp.status().as_u16(),
+    };
+    state.metrics.http_requests.get_or_create(&labels).inc();
+    state
+        .metrics
+        .http_duration
+        .get_or_create(&labels)
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("no such endpoint; see the API table in the README")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "urn:kos:problem:method-not-allowed",
+        "Method not allowed",
+        "this endpoint does not accept that method",
+    )
+}
+
+/// A request body as UTF-8 text (a YAML or JSON document), with problem+json rejections.
+#[derive(Debug)]
+pub struct TextBody(pub String);
+
+impl<S: Send + Sync> FromRequest<S> for TextBody {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "urn:kos:problem:too-large",
+                    "Request body too large",
+                    "the body exceeds api.max_body_bytes",
+                )
+            } else {
+                Problem::bad_request(format!("cannot read the request body: {}", e.body_text()))
+            }
+        })?;
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| Problem::bad_request("the body is not UTF-8 text"))?;
+        if text.trim().is_empty() {
+            return Err(Problem::bad_request(
+                "the body is empty; send a YAML or JSON document",
+            ));
+        }
+        Ok(TextBody(text))
+    }
+}
+
+/// A JSON request body with problem+json rejections.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        let TextBody(text) = TextBody::from_request(req, state).await?;
+        serde_json::from_str(&text)
+            .map(JsonBody)
+            .map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Runs blocking file I/O off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Problem> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Problem::internal(&e))
+}
+
+/// JSON response with a status.
+pub fn json(status: StatusCode, v: serde_json::Value) -> Response {
+    (status, axum::Json(v)).into_response()
+}
+
+pub(crate) fn uptime(state: &NodeState) -> Duration {
+    state.started.elapsed()
+}

@@ -1,0 +1,75 @@
+//! Operations endpoints: liveness, readiness, metrics, events.
+
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use super::problem::Problem;
+use crate::store::EventLog;
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> Response {
+    super::json(StatusCode::OK, json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 when started, not draining, and the database answers.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if !state.is_ready() {
+        return super::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "not_ready", "reason": "starting or shutting down"}),
+        );
+    }
+    if state.db.ping().await.is_err() {
+        return super::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "not_ready", "reason": "database unavailable"}),
+        );
+    }
+    super::json(StatusCode::OK, json!({"status": "ready"}))
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    limit: Option<u32>,
+    before: Option<i64>,
+}
+
+/// `GET /api/events?limit=&before=`: node events, newest first.
+pub async fn events(
+    State(state): State<AppState>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = q.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let events = state
+        .db
+        .recent(limit, q.before)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    let next = if events.len() == limit as usize {
+        events.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok(super::json(
+        StatusCode::OK,
+        json!({"events": events, "next_before": next}),
+    ))
+}

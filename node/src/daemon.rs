@@ -1,0 +1,502 @@
+//! The running node: start-up order, shared state, hot reload and graceful shutdown.
+//!
+//! Start-up validates everything before any port is bound: config directory (created with the
+//! standalone profile on first run), identity key, effective configuration, snapshot history,
+//! database and migrations. Only then is the API listener bound and `/readyz` turns 200.
+//!
+//! Shutdown is a future: cancelling the node's `CancellationToken` (Ctrl-C, SIGTERM, or a test)
+//! flips `/readyz` to 503, stops accepting connections, lets in-flight requests finish for at
+//! most `api.shutdown_grace`, records a `node_stopped` event and closes the database.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use kos_config::model::{Reload, section_reload};
+use kos_config::snapshot::Action;
+use kos_config::{ConfigDir, LoadOptions, Loaded, ProfileKind, Store};
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::identity::Identity;
+use crate::metrics::{InfoLabels, Metrics};
+use crate::store::{Db, EventLog, Meta, NewEvent};
+use crate::telemetry::LogReloader;
+
+/// How to start a node.
+#[derive(Clone)]
+pub struct NodeOptions {
+    /// The config directory (`$KOS_HOME`).
+    pub dir: PathBuf,
+    pub load: LoadOptions,
+    /// Lay out the directory with the standalone profile if it has no profile yet.
+    pub create_if_missing: bool,
+    /// Overrides `api.listen` (tests bind `127.0.0.1:0`).
+    pub listen_override: Option<SocketAddr>,
+    pub log_reloader: Option<LogReloader>,
+}
+
+impl std::fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("dir", &self.dir)
+            .field("listen_override", &self.listen_override)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What this build supports, from its cargo features.
+pub fn capabilities() -> kos_config::Capabilities {
+    kos_config::Capabilities {
+        postgres: cfg!(feature = "postgres"),
+        redis: false,
+        qdrant: false,
+        embedded_vector: false,
+        api_auth: false,
+    }
+}
+
+/// State shared by every request handler and background task.
+pub struct NodeState {
+    pub dir: ConfigDir,
+    pub snapshots: Store,
+    pub db: Db,
+    pub identity: Identity,
+    pub load_opts: LoadOptions,
+    /// The effective configuration; updated on apply, rollback and reload.
+    pub current: watch::Sender<Arc<Loaded>>,
+    /// The configuration the node started with (what restart-only sections still use).
+    pub boot: Arc<Loaded>,
+    pub metrics: Metrics,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    pub listen: SocketAddr,
+    ready: AtomicBool,
+    log_reloader: Option<LogReloader>,
+    /// Serializes config changes made through this node.
+    pub change_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeState")
+            .field("dir", &self.dir)
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn config(&self) -> Arc<Loaded> {
+        self.current.borrow().clone()
+    }
+
+    /// Top-level sections whose running value differs from the current configuration and
+    /// that only take effect after a restart.
+    pub fn pending_restart(&self) -> Vec<String> {
+        let cur = self.config();
+        let a: serde_json::Value = serde_json::from_str(&self.boot.canonical).unwrap_or_default();
+        let b: serde_json::Value = serde_json::from_str(&cur.canonical).unwrap_or_default();
+        let mut sections: Vec<String> = kos_config::diff::diff_json(&a, &b)
+            .into_iter()
+            .map(|c| {
+                c.path
+                    .split(['.', '['])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .filter(|s| section_reload(s) == Reload::Restart)
+            .collect();
+        sections.sort();
+        sections.dedup();
+        sections
+    }
+
+    /// Makes a new configuration the current one and applies its live sections.
+    pub fn activate(&self, loaded: Loaded) {
+        let old = self.config();
+        if old.config.logging.level != loaded.config.logging.level
+            && let Some(r) = &self.log_reloader
+            && let Err(e) = r(&loaded.config.logging.level.0)
+        {
+            warn!(error = %e, "cannot change the log level");
+        }
+        self.metrics.set_snapshot(loaded.snapshot_id.as_str());
+        info!(snapshot = %loaded.snapshot_id.short(), previous = %old.snapshot_id.short(), "configuration active");
+        self.current.send_replace(Arc::new(loaded));
+    }
+
+    /// Records a node event; a database failure is logged, not fatal.
+    pub async fn record(
+        &self,
+        kind: &str,
+        actor: &str,
+        snapshot_id: Option<&str>,
+        detail: serde_json::Value,
+    ) {
+        let e = NewEvent {
+            kind: kind.into(),
+            actor: actor.into(),
+            snapshot_id: snapshot_id.map(str::to_string),
+            detail,
+        };
+        if let Err(err) = self.db.append(&e).await {
+            error!(error = %err, kind, "cannot record node event");
+        }
+    }
+
+    /// Re-reads the configuration from disk (SIGHUP). An invalid configuration is reported
+    /// and the running one kept.
+    pub async fn reload_from_disk(self: &Arc<Self>) -> Result<bool> {
+        let _guard = self.change_lock.lock().await;
+        let dir = self.dir.clone();
+        let opts = self.load_opts.clone();
+        let loaded = tokio::task::spawn_blocking(move || dir.load(&opts)).await?;
+        match loaded {
+            Err(d) => {
+                Metrics::outcome(&self.metrics.config_reloads, "invalid");
+                for e in d.errors() {
+                    error!(%e, "reload refused: invalid configuration; keeping the running one");
+                }
+                Ok(false)
+            }
+            Ok(l) => {
+                if l.snapshot_id == self.config().snapshot_id {
+                    Metrics::outcome(&self.metrics.config_reloads, "unchanged");
+                    return Ok(false);
+                }
+                let store = self.snapshots.clone();
+                let l2 = l.clone();
+                tokio::task::spawn_blocking(move || store.reconcile(&l2, "reload")).await??;
+                self.record(
+                    "config_reloaded",
+                    "reload",
+                    Some(l.snapshot_id.as_str()),
+                    serde_json::json!({}),
+                )
+                .await;
+                Metrics::outcome(&self.metrics.config_reloads, "applied");
+                self.activate(l);
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// A started node.
+pub struct RunningNode {
+    pub addr: SocketAddr,
+    pub state: Arc<NodeState>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<()>>,
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningNode {
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops the node and waits for it to finish.
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        self.task.await.context("node task panicked")?
+    }
+
+    /// Waits until the node stops (after its token is cancelled).
+    pub async fn wait(self) -> Result<()> {
+        self.task.await.context("node task panicked")?
+    }
+}
+
+/// Prepares the config directory on first run: the standalone profile and an identity key.
+pub fn ensure_home(dir: &std::path::Path) -> Result<bool> {
+    let cd = ConfigDir::new(dir);
+    let fresh = cd.list_profiles().map(|p| p.is_empty()).unwrap_or(true);
+    if fresh {
+        kos_config::layout::init_layout(dir, ProfileKind::Standalone)
+            .with_context(|| format!("creating the config directory {}", dir.display()))?;
+    }
+    Ok(fresh)
+}
+
+/// Starts a node: validates, opens stores, binds the API, serves until the token is cancelled.
+pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
+    if opts.create_if_missing && ensure_home(&opts.dir)? {
+        info!(dir = %opts.dir.display(), "created a standalone node configuration");
+    }
+    let (identity, created) =
+        Identity::load_or_create(&opts.dir).context("loading the node identity")?;
+    if created {
+        info!(node_id = %identity.id(), "created a new node identity");
+    }
+    let dir = ConfigDir::new(&opts.dir);
+    let loaded = dir
+        .load(&opts.load)
+        .map_err(|d| anyhow::anyhow!("invalid configuration:\n{d}"))?;
+    for w in &loaded.warnings {
+        warn!(%w, "configuration");
+    }
+    let cfg = &loaded.config;
+    if cfg.federation.klp.enabled {
+        bail!(
+            "{}: federation.klp.enabled is true, but this build has no KLP runtime yet; \
+             set it to false or run a build with KLP",
+            ConfigDir::profile_rel(&loaded.profile_id)
+        );
+    }
+    let snapshots = Store::open(&dir).context("opening the snapshot store")?;
+    if let Some(e) = snapshots
+        .reconcile(&loaded, "node")
+        .context("recording the configuration in the history")?
+    {
+        info!(seq = e.seq, action = ?e.action, snapshot = %e.id.short(), "configuration recorded in history");
+    }
+    let kind = cfg
+        .storage
+        .database
+        .or(cfg.database.type_)
+        .unwrap_or_default();
+    let db = Db::open(&cfg.database, kind, dir.root())
+        .await
+        .context("opening the database")?;
+
+    let listen = opts.listen_override.unwrap_or(cfg.api.listen);
+    if !listen.ip().is_loopback() && !capabilities().api_auth {
+        bail!(
+            "refusing to bind the API to {listen}: only loopback addresses are allowed until authentication is configured"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the API to {listen}"))?;
+    let addr = listener.local_addr()?;
+
+    let metrics = Metrics::new();
+    metrics
+        .info
+        .get_or_create(&InfoLabels {
+            version: env!("CARGO_PKG_VERSION").into(),
+            profile: cfg.profile.as_str().into(),
+            node_id: identity.id().to_string(),
+        })
+        .set(1);
+    metrics.set_snapshot(loaded.snapshot_id.as_str());
+    let started_at = SystemTime::now();
+    metrics.start_time.set(
+        started_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    );
+
+    let grace = cfg.api.shutdown_grace.get();
+    let boot = Arc::new(loaded);
+    let (current, _) = watch::channel(boot.clone());
+    let state = Arc::new(NodeState {
+        dir,
+        snapshots,
+        db,
+        identity,
+        load_opts: opts.load.clone(),
+        current,
+        boot: boot.clone(),
+        metrics,
+        started: Instant::now(),
+        started_at,
+        listen: addr,
+        ready: AtomicBool::new(false),
+        log_reloader: opts.log_reloader.clone(),
+        change_lock: Mutex::new(()),
+    });
+    if state.db.get("first_started_ms").await?.is_none() {
+        state
+            .db
+            .put("first_started_ms", &crate::store::now_ms().to_string())
+            .await?;
+    }
+    state
+        .record(
+            "node_started",
+            "node",
+            Some(boot.snapshot_id.as_str()),
+            serde_json::json!({"profile": boot.profile_id, "listen": addr.to_string(), "version": env!("CARGO_PKG_VERSION")}),
+        )
+        .await;
+
+    let shutdown = CancellationToken::new();
+    let app = crate::api::router(state.clone());
+    let token = shutdown.clone();
+    let st = state.clone();
+    let task = tokio::spawn(async move {
+        let serve_token = token.clone();
+        let mut server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { serve_token.cancelled().await })
+            .await
+        });
+        tokio::select! {
+            biased;
+            () = token.cancelled() => {
+                st.ready.store(false, Ordering::SeqCst);
+                info!(grace = ?grace, "shutting down: draining requests");
+                match tokio::time::timeout(grace, &mut server).await {
+                    Ok(r) => r.context("API server task")?.context("API server")?,
+                    Err(_) => {
+                        warn!(grace = ?grace, "requests still running after the grace period; closing them");
+                        server.abort();
+                    }
+                }
+            }
+            r = &mut server => {
+                // The server ended without being asked to: an accept error.
+                st.ready.store(false, Ordering::SeqCst);
+                r.context("API server task")?.context("API server")?;
+            }
+        }
+        st.record(
+            "node_stopped",
+            "node",
+            Some(st.config().snapshot_id.as_str()),
+            serde_json::json!({}),
+        )
+        .await;
+        let _ = st
+            .db
+            .put("last_clean_stop_ms", &crate::store::now_ms().to_string())
+            .await;
+        st.db.close().await;
+        info!("stopped");
+        Ok(())
+    });
+    state.ready.store(true, Ordering::SeqCst);
+    info!(node_id = %state.identity.id(), api = %addr, profile = %boot.profile_id, snapshot = %boot.snapshot_id.short(), "node ready");
+    Ok(RunningNode {
+        addr,
+        state,
+        shutdown,
+        task,
+    })
+}
+
+/// Runs a node until Ctrl-C or SIGTERM; SIGHUP reloads the configuration from disk.
+pub async fn run(opts: NodeOptions) -> Result<()> {
+    let node = start(opts).await?;
+    let token = node.shutdown_token();
+    let state = node.state.clone();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let t = token.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => { info!("Ctrl-C received"); break; }
+                    _ = term.recv() => { info!("SIGTERM received"); break; }
+                    _ = hup.recv() => {
+                        info!("SIGHUP received: reloading the configuration");
+                        if let Err(e) = state.reload_from_disk().await {
+                            error!(error = %e, "reload failed");
+                        }
+                    }
+                    () = t.cancelled() => return,
+                }
+            }
+            t.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        let t = token.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            t.cancel();
+        });
+    }
+    node.wait().await
+}
+
+/// Applies a document through the snapshot store and activates it. Shared by the API's
+/// apply, rollback and profile update.
+pub async fn apply_document(
+    state: &Arc<NodeState>,
+    expected: Option<kos_config::SnapshotId>,
+    change: Change,
+    actor: &str,
+) -> std::result::Result<kos_config::ApplyOutcome, kos_config::StoreError> {
+    let _guard = state.change_lock.lock().await;
+    let store = state.snapshots.clone();
+    let opts = state.load_opts.clone();
+    let actor_s = actor.to_string();
+    let result = tokio::task::spawn_blocking(move || match change {
+        Change::Apply(doc) => store.apply(&opts, expected.as_ref(), &doc, &actor_s),
+        Change::Rollback(id) => store.rollback(&opts, &id, expected.as_ref(), &actor_s),
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(kos_config::StoreError::Io {
+            context: "apply task".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    });
+    let outcome_label = match &result {
+        Ok(o) if o.unchanged => "unchanged",
+        Ok(_) => "applied",
+        Err(kos_config::StoreError::Invalid(_)) => "invalid",
+        Err(kos_config::StoreError::Conflict { .. }) => "conflict",
+        Err(_) => "error",
+    };
+    Metrics::outcome(&state.metrics.config_applies, outcome_label);
+    if let Ok(o) = &result
+        && !o.unchanged
+    {
+        let kind = if o.entry.action == Action::Rollback {
+            "config_rolled_back"
+        } else {
+            "config_applied"
+        };
+        state
+            .record(
+                kind,
+                actor,
+                Some(o.loaded.snapshot_id.as_str()),
+                serde_json::json!({
+                    "previous": o.previous,
+                    "live": o.live,
+                    "restart_required": o.restart_required,
+                    "changes": o.changes.len(),
+                }),
+            )
+            .await;
+        state.activate(o.loaded.clone());
+    }
+    result
+}
+
+/// A config change requested through the API.
+#[derive(Debug)]
+pub enum Change {
+    Apply(String),
+    Rollback(kos_config::SnapshotId),
+}
