@@ -405,6 +405,9 @@ pub fn assemble(
 
     if let Some(klp) = &ov.klp_settings {
         if matches!(klp.value, Value::Map(_)) {
+            if let Some(base) = tree.at_path("federation.klp") {
+                warn_overridden(base, klp, "federation.klp", &mut diags);
+            }
             tree.set_path(&["federation".into(), "klp".into()], klp.clone());
         } else if !matches!(klp.value, Value::Null) {
             diags.push(Diagnostic::error(
@@ -481,8 +484,8 @@ pub fn assemble(
     for p in SECRET_PATHS {
         if let Some(n) = tree.at_path(p) {
             let s = &n.loc.source;
-            if !(s.as_ref() == SECRETS_ENV || s.starts_with("environment variable"))
-                && !matches!(n.value, Value::Null)
+            let from_secret_source = s.as_ref() == SECRETS_ENV || s.starts_with("environment variable");
+            if !from_secret_source && !matches!(n.value, Value::Null)
             {
                 diags.push(Diagnostic::error(
                     n.loc.clone(),
@@ -548,4 +551,31 @@ pub fn assemble(
         extra_secrets,
         tree,
     })
+}
+
+/// Warns when a value the user wrote in the profile is replaced by a different value from an
+/// overlay file, naming both places.
+fn warn_overridden(base: &Node, top: &Node, path: &str, diags: &mut Diagnostics) {
+    match (&base.value, &top.value) {
+        (Value::Map(_), Value::Map(entries)) => {
+            for e in entries {
+                if let Some(b) = base.get(&e.key) {
+                    warn_overridden(b, &e.value, &format!("{path}.{}", e.key), diags);
+                }
+            }
+        }
+        _ => {
+            if base.loc.source.starts_with("<built-in") || base.value == top.value {
+                return;
+            }
+            diags.push(Diagnostic::warning(
+                base.loc.clone(),
+                path,
+                format!(
+                    "overridden by {} (KLP settings live in {KLP_SETTINGS})",
+                    top.loc
+                ),
+            ));
+        }
+    }
 }
