@@ -41,7 +41,13 @@ impl de::Error for DeError {
     }
 }
 
+/// Struct name that lets a type accept a list where a mapping is expected (see `Plugins`).
+pub const SEQ_OR_MAP: &str = "$kos::SeqOrMap";
+
 thread_local! {
+    /// Placeholders handed out for values that already have an error, so a leaf type does
+    /// not report the same value a second time.
+    static PLACEHOLDERS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     static SOFT: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
 }
 
@@ -185,6 +191,7 @@ fn join(path: &str, key: &str) -> String {
 
 impl<'a> De<'a> {
     fn mismatch(&self, expected: &str) {
+        PLACEHOLDERS.with(|p| p.set(p.get() + 1));
         self.sink.error(
             &self.node.loc,
             &self.path,
@@ -419,7 +426,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
 
     fn deserialize_struct<V: Visitor<'de>>(
         self,
-        _: &'static str,
+        name: &'static str,
         fields: &'static [&'static str],
         v: V,
     ) -> Result<V::Value, DeError> {
@@ -442,13 +449,15 @@ impl<'de> de::Deserializer<'de> for De<'_> {
                 v.visit_map(MapDe::new(known, self.path, self.sink))
             }
             Value::Null => v.visit_map(MapDe::new(Vec::new(), self.path, self.sink)),
-            Value::Seq(items) => v.visit_seq(SeqDe {
+            // Only a type that asks for it accepts a list in place of a mapping; for any other
+            // struct serde would fill the fields by position, which is never what a user meant.
+            Value::Seq(items) if name == SEQ_OR_MAP => v.visit_seq(SeqDe {
                 items: items.iter().collect(),
                 i: 0,
                 path: self.path,
                 sink: self.sink,
             }),
-            Value::Scalar(_) => {
+            Value::Seq(_) | Value::Scalar(_) => {
                 self.mismatch("a mapping");
                 v.visit_map(MapDe::new(Vec::new(), self.path, self.sink))
             }
@@ -505,14 +514,20 @@ fn with_child<T>(
     f: impl FnOnce(De<'_>) -> Result<T, DeError>,
 ) -> Result<T, DeError> {
     let before = soft_len();
+    let placeholders = PLACEHOLDERS.with(std::cell::Cell::get);
     let loc = node.loc.clone();
     let r = f(De {
         node,
         path: path.clone(),
         sink,
     });
-    for m in soft_drain(before) {
-        sink.error(&loc, &path, m);
+    let soft = soft_drain(before);
+    // A leaf that got a placeholder already has its error; its parse of the placeholder
+    // would only repeat it.
+    if PLACEHOLDERS.with(std::cell::Cell::get) == placeholders {
+        for m in soft {
+            sink.error(&loc, &path, m);
+        }
     }
     r.map_err(|mut e| {
         if !e.recorded {

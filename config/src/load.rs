@@ -93,8 +93,9 @@ pub struct Overlays {
     pub system_env: Vec<EnvEntry>,
     pub secrets_env: Vec<EnvEntry>,
     pub env: BTreeMap<String, String>,
-    /// Warnings found while reading the overlays (e.g. a readable `secrets.env`).
-    pub warnings: Vec<Diagnostic>,
+    /// Problems found while reading the overlays (a malformed `system.env` line, a readable
+    /// `secrets.env`). They are reported together with the profile's own.
+    pub diagnostics: Vec<Diagnostic>,
 }
 
 /// A config directory (`$KOS_HOME`, default `~/.kos`).
@@ -175,7 +176,7 @@ impl ConfigDir {
     }
 
     /// Reads every overlay source of this directory.
-    pub fn read_overlays(&self, env: &BTreeMap<String, String>) -> Result<Overlays, Diagnostics> {
+    pub fn read_overlays(&self, env: &BTreeMap<String, String>) -> Overlays {
         let mut diags = Diagnostics::default();
         let mut ov = Overlays {
             env: env.clone(),
@@ -237,11 +238,8 @@ impl ConfigDir {
                 }
             }
         }
-        if diags.has_errors() {
-            return Err(diags);
-        }
-        ov.warnings = diags.0;
-        Ok(ov)
+        ov.diagnostics = diags.0;
+        ov
     }
 
     /// The profile id to load: explicit option, `KOS_PROFILE` in the environment, then in
@@ -301,13 +299,18 @@ impl ConfigDir {
 
     /// Loads and validates the active profile with all overlays.
     pub fn load(&self, opts: &LoadOptions) -> Result<Loaded, Diagnostics> {
-        let ov = self.read_overlays(&opts.env)?;
+        let ov = self.read_overlays(&opts.env);
+        let with_overlay_problems = |d: Diagnostic| {
+            let mut all = Diagnostics(ov.diagnostics.clone());
+            all.push(d);
+            all
+        };
         let id = self
             .active_profile_id(opts, &ov)
-            .map_err(|d| Diagnostics(vec![d]))?;
+            .map_err(with_overlay_problems)?;
         let rel = Self::profile_rel(&id);
         let text = fs::read_to_string(self.profile_path(&id))
-            .map_err(|e| Diagnostics(vec![io_diag(&rel, &e)]))?;
+            .map_err(|e| with_overlay_problems(io_diag(&rel, &e)))?;
         assemble(&id, &text, &rel, &ov, &opts.capabilities)
     }
 
@@ -320,7 +323,7 @@ impl ConfigDir {
         text: &str,
         source: &str,
     ) -> Result<Loaded, Diagnostics> {
-        let ov = self.read_overlays(&opts.env)?;
+        let ov = self.read_overlays(&opts.env);
         assemble(id, text, source, &ov, &opts.capabilities)
     }
 }
@@ -374,7 +377,7 @@ pub fn assemble(
     ov: &Overlays,
     caps: &Capabilities,
 ) -> Result<Loaded, Diagnostics> {
-    let mut diags = Diagnostics(ov.warnings.clone());
+    let mut diags = Diagnostics(ov.diagnostics.clone());
     let doc = parse_yaml(text, source).map_err(Diagnostics)?;
     if !matches!(doc.value, Value::Map(_) | Value::Null) {
         return Err(Diagnostics(vec![Diagnostic::error(
@@ -484,9 +487,9 @@ pub fn assemble(
     for p in SECRET_PATHS {
         if let Some(n) = tree.at_path(p) {
             let s = &n.loc.source;
-            let from_secret_source = s.as_ref() == SECRETS_ENV || s.starts_with("environment variable");
-            if !from_secret_source && !matches!(n.value, Value::Null)
-            {
+            let from_secret_source =
+                s.as_ref() == SECRETS_ENV || s.starts_with("environment variable");
+            if !from_secret_source && !matches!(n.value, Value::Null) {
                 diags.push(Diagnostic::error(
                     n.loc.clone(),
                     *p,
@@ -565,7 +568,7 @@ fn warn_overridden(base: &Node, top: &Node, path: &str, diags: &mut Diagnostics)
             }
         }
         _ => {
-            if base.loc.source.starts_with("<built-in") || base.value == top.value {
+            if base.loc.source.starts_with("<built-in") || same_value(base, top) {
                 return;
             }
             diags.push(Diagnostic::warning(
@@ -577,5 +580,22 @@ fn warn_overridden(base: &Node, top: &Node, path: &str, diags: &mut Diagnostics)
                 ),
             ));
         }
+    }
+}
+
+/// Equality of values, ignoring where they came from.
+fn same_value(a: &Node, b: &Node) -> bool {
+    match (&a.value, &b.value) {
+        (Value::Null, Value::Null) => true,
+        (Value::Scalar(x), Value::Scalar(y)) => x.text == y.text,
+        (Value::Seq(x), Value::Seq(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_value(p, q))
+        }
+        (Value::Map(x), Value::Map(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|e| b.get(&e.key).is_some_and(|v| same_value(&e.value, v)))
+        }
+        _ => false,
     }
 }

@@ -427,7 +427,7 @@ impl<'de> Deserialize<'de> for Plugins {
             }
         }
         d.deserialize_struct(
-            "Plugins",
+            crate::de::SEQ_OR_MAP,
             &["dev_mode", "logger", "hot_reload", "enabled"],
             V,
         )

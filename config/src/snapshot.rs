@@ -418,10 +418,7 @@ impl Store {
     }
 
     fn active_id(&self, opts: &LoadOptions) -> Result<String, StoreError> {
-        let ov = self
-            .dir
-            .read_overlays(&opts.env)
-            .map_err(StoreError::CurrentInvalid)?;
+        let ov = self.dir.read_overlays(&opts.env);
         self.dir
             .active_profile_id(opts, &ov)
             .map_err(|d| StoreError::CurrentInvalid(Diagnostics(vec![d])))

@@ -1098,3 +1098,95 @@ fn readable_secrets_env_warns() {
         ["secrets.env: warning: readable by other users (mode 644); run `chmod 600 secrets.env`"]
     );
 }
+
+#[test]
+fn a_list_where_a_mapping_belongs_is_an_error() {
+    let e = load_doc_errors(
+        ProfileKind::Standalone,
+        "profile: standalone\nlogging: [debug, json]\n",
+        Capabilities::default(),
+    );
+    assert_eq!(
+        e,
+        vec![
+            "profiles/standalone.yaml:2:10: logging: expected a mapping, found a list".to_string()
+        ]
+    );
+    // The list form stays valid where the seeds use it.
+    assert!(
+        load_doc(
+            ProfileKind::Enterprise,
+            "profile: enterprise\nplugins: [audit_log]\n",
+            pg()
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn a_bad_value_is_reported_once() {
+    let e = load_doc_errors(
+        ProfileKind::Enterprise,
+        "profile: enterprise\nbackup:\n  retention: [1]\n",
+        pg(),
+    );
+    assert_eq!(
+        e,
+        vec![
+            "profiles/enterprise.yaml:3:14: backup.retention: expected a string, found a list"
+                .to_string()
+        ]
+    );
+}
+
+#[test]
+fn a_bad_env_line_does_not_hide_profile_errors() {
+    let dir = init(ProfileKind::Standalone);
+    append(dir.path(), "system.env", "this is not an assignment\n");
+    write(
+        dir.path(),
+        "profiles/standalone.yaml",
+        "profile: standalone\napi:\n  lisen: 1\n",
+    );
+    let e = errors(&load(dir.path(), &opts(Capabilities::default())).unwrap_err());
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("system.env:") && m.contains("expected KEY=value")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("profiles/standalone.yaml:3:3: api.lisen")),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn fresh_federation_node_has_no_override_warnings() {
+    let dir = init(ProfileKind::FederationNode);
+    let l = load(dir.path(), &opts(pg())).unwrap();
+    assert!(
+        warnings(&l.warnings)
+            .iter()
+            .all(|w| !w.contains("overridden")),
+        "{:#?}",
+        l.warnings
+    );
+    // A different value in the profile is overridden, and the node says where.
+    let p = "profiles/federation_node.yaml";
+    let text = std::fs::read_to_string(dir.path().join(p)).unwrap();
+    write(
+        dir.path(),
+        p,
+        &text.replace("peer_discovery: dns_sd", "peer_discovery: none"),
+    );
+    let l = load(dir.path(), &opts(pg())).unwrap();
+    let w = warnings(&l.warnings);
+    assert!(
+        w.iter()
+            .any(|w| w
+                .contains("federation.klp.peer_discovery: overridden by klp/klp_settings.yaml:")),
+        "{w:#?}"
+    );
+}

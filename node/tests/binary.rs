@@ -7,10 +7,22 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const KOS: &str = env!("CARGO_BIN_EXE_kos");
-const PROFILES: [&str; 5] = ["standalone", "developer_node", "federation_node", "enterprise", "edge"];
+const PROFILES: [&str; 5] = [
+    "standalone",
+    "developer_node",
+    "federation_node",
+    "enterprise",
+    "edge",
+];
 
 fn kos(home: &Path, args: &[&str]) -> Output {
-    Command::new(KOS).args(args).env("KOS_HOME", home).env_remove("KOS_PROFILE").env_remove("KOS_LOG").output().unwrap()
+    Command::new(KOS)
+        .args(args)
+        .env("KOS_HOME", home)
+        .env_remove("KOS_PROFILE")
+        .env_remove("KOS_LOG")
+        .output()
+        .unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -22,11 +34,21 @@ fn stderr(o: &Output) -> String {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn signal(pid: u32, sig: &str) {
-    assert!(Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
 }
 
 async fn wait_ready(url: &str, child: &mut std::process::Child) {
@@ -51,7 +73,13 @@ async fn first_run_from_empty_home_then_sigterm() {
     let home = tmp.path().join("kos-home");
     let port = free_port();
     let mut child = Command::new(KOS)
-        .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
+        .args([
+            "run",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+        ])
         .env("KOS_HOME", &home)
         .env_remove("KOS_PROFILE")
         .stdout(Stdio::null())
@@ -62,10 +90,23 @@ async fn first_run_from_empty_home_then_sigterm() {
     wait_ready(&url, &mut child).await;
 
     // First run laid out the standalone profile, an identity and the SQLite database.
-    for f in ["profiles/standalone.yaml", "system.env", "secrets.env", "klp/peers.list", "klp/klp_settings.yaml", "identity.key", "data/kos.db"] {
+    for f in [
+        "profiles/standalone.yaml",
+        "system.env",
+        "secrets.env",
+        "klp/peers.list",
+        "klp/klp_settings.yaml",
+        "identity.key",
+        "data/kos.db",
+    ] {
         assert!(home.join(f).exists(), "{f} missing");
     }
-    let status: serde_json::Value = reqwest::get(format!("{url}/api/config/status")).await.unwrap().json().await.unwrap();
+    let status: serde_json::Value = reqwest::get(format!("{url}/api/config/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(status["profile"], "standalone");
     assert_eq!(status["database"], "sqlite");
     let id = stdout(&kos(&home, &["id", "--json"]));
@@ -79,7 +120,12 @@ async fn first_run_from_empty_home_then_sigterm() {
     signal(child.id(), "HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let s: serde_json::Value = reqwest::get(format!("{url}/api/config/status")).await.unwrap().json().await.unwrap();
+        let s: serde_json::Value = reqwest::get(format!("{url}/api/config/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if s["snapshot_id"] != status["snapshot_id"] {
             assert_eq!(s["last_change"]["action"], "external");
             break;
@@ -92,19 +138,37 @@ async fn first_run_from_empty_home_then_sigterm() {
     signal(child.id(), "TERM");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(t0.elapsed() < Duration::from_secs(10), "stopped within the 10 s grace period");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "stopped within the 10 s grace period"
+    );
     let log = stderr(&out);
     // JSON logs, one object per line.
-    assert!(log.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{log}");
-    assert!(log.contains("SIGTERM received") && log.contains("\"stopped\""), "{log}");
+    assert!(
+        log.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "{log}"
+    );
+    assert!(
+        log.contains("SIGTERM received") && log.contains("\"stopped\""),
+        "{log}"
+    );
 }
 
 #[tokio::test]
 async fn refuses_non_loopback_api() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(KOS).args(["run", "--listen", "0.0.0.0:0"]).env("KOS_HOME", tmp.path()).output().unwrap();
+    let out = Command::new(KOS)
+        .args(["run", "--listen", "0.0.0.0:0"])
+        .env("KOS_HOME", tmp.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("only loopback addresses are allowed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("only loopback addresses are allowed"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -115,8 +179,19 @@ fn init_validate_show_every_profile() {
         let d = dir.to_str().unwrap();
         let out = kos(tmp.path(), &["init", "--profile", p, "--dir", d]);
         assert!(out.status.success(), "{p}: {}", stderr(&out));
-        assert!(stdout(&out).contains("node id: 12D3KooW"), "{}", stdout(&out));
-        for f in ["agents", "plugins", "klp/peers.list", "klp/klp_settings.yaml", "system.env", &format!("profiles/{p}.yaml")] {
+        assert!(
+            stdout(&out).contains("node id: 12D3KooW"),
+            "{}",
+            stdout(&out)
+        );
+        for f in [
+            "agents",
+            "plugins",
+            "klp/peers.list",
+            "klp/klp_settings.yaml",
+            "system.env",
+            &format!("profiles/{p}.yaml"),
+        ] {
             assert!(dir.join(f).exists(), "{p}: {f}");
         }
         #[cfg(unix)]
@@ -137,9 +212,23 @@ fn init_validate_show_every_profile() {
         assert!(shown.contains(&format!("profile: {p}\n")), "{shown}");
         // `show` output is itself a valid profile with the same effective config.
         let copy = tmp.path().join("shown.yaml");
-        std::fs::write(&copy, shown.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n")).unwrap();
+        std::fs::write(
+            &copy,
+            shown
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .unwrap();
         let out = kos(tmp.path(), &["config", "diff", d, &copy.to_string_lossy()]);
-        assert_eq!(out.status.code(), Some(0), "{p}: {}{}", stdout(&out), stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{p}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
     }
 }
 
@@ -154,7 +243,10 @@ fn init_never_overwrites_the_key() {
     assert!(out.status.success());
     assert!(stdout(&out).contains("kept    identity.key"));
     assert!(stdout(&out).contains("set KOS_PROFILE=edge"));
-    assert_eq!(std::fs::read(tmp.path().join("identity.key")).unwrap(), key1);
+    assert_eq!(
+        std::fs::read(tmp.path().join("identity.key")).unwrap(),
+        key1
+    );
     assert_eq!(stdout(&kos(tmp.path(), &["id"])), id1);
     assert!(id1.starts_with("peer id:    12D3KooW"), "{id1}");
     assert!(id1.contains("public key: ed25519 "), "{id1}");
@@ -165,14 +257,28 @@ fn validate_names_file_line_column_and_exits_1() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_str().unwrap();
     assert!(kos(tmp.path(), &["init", "--dir", d]).status.success());
-    std::fs::write(tmp.path().join("profiles/standalone.yaml"), "profile: standalone\napi:\n  listen: nowhere\nstorage:\n  databse: sqlite\n").unwrap();
-    std::fs::write(tmp.path().join("system.env"), "KOS_PROFILE=standalone\nKOS_LOGGING__LEVEL=chatty\n").unwrap();
+    std::fs::write(
+        tmp.path().join("profiles/standalone.yaml"),
+        "profile: standalone\napi:\n  listen: nowhere\nstorage:\n  databse: sqlite\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("system.env"),
+        "KOS_PROFILE=standalone\nKOS_LOGGING__LEVEL=chatty\n",
+    )
+    .unwrap();
     let out = kos(tmp.path(), &["config", "validate", d]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("profiles/standalone.yaml:3:11: api.listen: "), "{err}");
+    assert!(
+        err.contains("profiles/standalone.yaml:3:11: api.listen: "),
+        "{err}"
+    );
     assert!(err.contains("profiles/standalone.yaml:5:3: storage.databse: unknown key `databse` (did you mean `database`?)"), "{err}");
-    assert!(err.contains("system.env:2:1: logging.level: `chatty` is not a log level"), "{err}");
+    assert!(
+        err.contains("system.env:2:1: logging.level: `chatty` is not a log level"),
+        "{err}"
+    );
     assert!(err.contains("3 errors"), "{err}");
     let out = kos(tmp.path(), &["config", "validate", d, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -189,27 +295,61 @@ fn diff_uses_kubectl_exit_codes() {
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
     for (d, p) in [(&a, "standalone"), (&b, "edge")] {
-        assert!(kos(tmp.path(), &["init", "--profile", p, "--dir", d.to_str().unwrap()]).status.success());
+        assert!(
+            kos(
+                tmp.path(),
+                &["init", "--profile", p, "--dir", d.to_str().unwrap()]
+            )
+            .status
+            .success()
+        );
     }
     let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
-    assert_eq!(kos(tmp.path(), &["config", "diff", a, a]).status.code(), Some(0));
+    assert_eq!(
+        kos(tmp.path(), &["config", "diff", a, a]).status.code(),
+        Some(0)
+    );
     let out = kos(tmp.path(), &["config", "diff", a, b]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("~ profile: \"standalone\" -> \"edge\""), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("~ profile: \"standalone\" -> \"edge\""),
+        "{}",
+        stdout(&out)
+    );
     let broken = tmp.path().join("broken.yaml");
     std::fs::write(&broken, "profile: [").unwrap();
     let out = kos(tmp.path(), &["config", "diff", a, broken.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("broken.yaml:") && stderr(&out).contains("invalid YAML"), "{}", stderr(&out));
-    assert_eq!(kos(tmp.path(), &["config", "diff", a, "/nonexistent.yaml"]).status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("broken.yaml:") && stderr(&out).contains("invalid YAML"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        kos(tmp.path(), &["config", "diff", a, "/nonexistent.yaml"])
+            .status
+            .code(),
+        Some(2)
+    );
 }
 
 #[test]
 fn show_redacts_secrets() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_str().unwrap();
-    assert!(kos(tmp.path(), &["init", "--profile", "developer_node", "--dir", d]).status.success());
-    std::fs::write(tmp.path().join("secrets.env"), "KOS_DATABASE__PASSWORD=hunter2-secret\nOPENAI_API_KEY=sk-very-secret\n").unwrap();
+    assert!(
+        kos(
+            tmp.path(),
+            &["init", "--profile", "developer_node", "--dir", d]
+        )
+        .status
+        .success()
+    );
+    std::fs::write(
+        tmp.path().join("secrets.env"),
+        "KOS_DATABASE__PASSWORD=hunter2-secret\nOPENAI_API_KEY=sk-very-secret\n",
+    )
+    .unwrap();
     let out = kos(tmp.path(), &["config", "show"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let s = stdout(&out);
@@ -227,7 +367,10 @@ fn help_lists_commands() {
     for c in ["run", "init", "id", "config"] {
         assert!(s.contains(c), "{s}");
     }
-    let out = Command::new(KOS).args(["config", "--help"]).output().unwrap();
+    let out = Command::new(KOS)
+        .args(["config", "--help"])
+        .output()
+        .unwrap();
     for c in ["validate", "show", "diff", "history"] {
         assert!(stdout(&out).contains(c));
     }

@@ -39,12 +39,16 @@ fn user_ids(name: &str) -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&name) && f.len() > 3).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        (f.first() == Some(&name) && f.len() > 3)
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
     })
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// A throwaway PostgreSQL server.
@@ -59,17 +63,28 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start() -> Result<Self> {
-        let bin = std::env::var_os("KOS_TEST_PG_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
+        let bin = std::env::var_os("KOS_TEST_PG_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
         if !bin.join("initdb").exists() {
-            bail!("PostgreSQL binaries not found in {} (set KOS_TEST_PG_BIN)", bin.display());
+            bail!(
+                "PostgreSQL binaries not found in {} (set KOS_TEST_PG_BIN)",
+                bin.display()
+            );
         }
         let dir = tempfile::Builder::new().prefix("kos-pg-").tempdir()?;
         let data = dir.path().join("data");
         // initdb refuses to run as root: run the server as the `postgres` user.
         let as_user: Vec<String> = if is_root() {
-            let (uid, gid) = user_ids("postgres").context("running as root and there is no `postgres` user")?;
+            let (uid, gid) =
+                user_ids("postgres").context("running as root and there is no `postgres` user")?;
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
-            vec!["setpriv".into(), "--reuid=postgres".into(), "--regid=postgres".into(), "--init-groups".into()]
+            vec![
+                "setpriv".into(),
+                "--reuid=postgres".into(),
+                "--regid=postgres".into(),
+                "--init-groups".into(),
+            ]
         } else {
             Vec::new()
         };
@@ -85,10 +100,22 @@ impl Postgres {
             c
         };
         let data_s = data.to_string_lossy().into_owned();
-        let out = run(&bin.join("initdb"), &["-D", &data_s, "-U", "kos", "--auth=trust", "--no-sync", "-E", "UTF8"])
-            .stdout(Stdio::null())
-            .output()
-            .context("running initdb")?;
+        let out = run(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                &data_s,
+                "-U",
+                "kos",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        )
+        .stdout(Stdio::null())
+        .output()
+        .context("running initdb")?;
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -97,16 +124,36 @@ impl Postgres {
         let sock = dir.path().to_string_lossy().into_owned();
         let child = run(
             &bin.join("postgres"),
-            &["-D", &data_s, "-p", &port_s, "-k", &sock, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=50"],
+            &[
+                "-D",
+                &data_s,
+                "-p",
+                &port_s,
+                "-k",
+                &sock,
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=50",
+            ],
         )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("starting postgres")?;
-        let mut pg = Postgres { _dir: dir, child, port, url: format!("postgres://kos@127.0.0.1:{port}/postgres") };
+        let mut pg = Postgres {
+            _dir: dir,
+            child,
+            port,
+            url: format!("postgres://kos@127.0.0.1:{port}/postgres"),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ready = Command::new(bin.join("pg_isready")).args(["-h", "127.0.0.1", "-p", &port_s, "-q"]).status();
+            let ready = Command::new(bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port_s, "-q"])
+                .status();
             if ready.is_ok_and(|s| s.success()) {
                 break;
             }
@@ -118,7 +165,9 @@ impl Postgres {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let created = Command::new(bin.join("createdb")).args(["-h", "127.0.0.1", "-p", &port_s, "-U", "kos", "kos"]).status()?;
+        let created = Command::new(bin.join("createdb"))
+            .args(["-h", "127.0.0.1", "-p", &port_s, "-U", "kos", "kos"])
+            .status()?;
         if !created.success() {
             bail!("createdb failed");
         }
@@ -130,7 +179,9 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         // SIGTERM: smart shutdown would wait for clients; SIGINT is "fast" shutdown.
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

@@ -26,7 +26,11 @@ impl TestNode {
         kos_config::layout::init_layout(dir.path(), kind).unwrap();
         let node = start(NodeOptions {
             dir: dir.path().to_path_buf(),
-            load: LoadOptions { env: BTreeMap::new(), capabilities: capabilities(), profile: None },
+            load: LoadOptions {
+                env: BTreeMap::new(),
+                capabilities: capabilities(),
+                profile: None,
+            },
             create_if_missing: false,
             listen_override: Some("127.0.0.1:0".parse().unwrap()),
             log_reloader: None,
@@ -34,7 +38,12 @@ impl TestNode {
         .await
         .unwrap();
         let base = format!("http://{}", node.addr);
-        Self { node, base, dir, http: Client::new() }
+        Self {
+            node,
+            base,
+            dir,
+            http: Client::new(),
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -53,11 +62,18 @@ impl TestNode {
 
     async fn current(&self) -> (String, String) {
         let p = self.get_json("/api/config/profile").await;
-        (p["snapshot_id"].as_str().unwrap().to_string(), p["document"].as_str().unwrap().to_string())
+        (
+            p["snapshot_id"].as_str().unwrap().to_string(),
+            p["document"].as_str().unwrap().to_string(),
+        )
     }
 
     async fn apply(&self, if_match: Option<&str>, doc: &str) -> Response {
-        let mut req = self.http.post(self.url("/api/config/apply")).header("content-type", "application/yaml").body(doc.to_string());
+        let mut req = self
+            .http
+            .post(self.url("/api/config/apply"))
+            .header("content-type", "application/yaml")
+            .body(doc.to_string());
         if let Some(m) = if_match {
             req = req.header("if-match", m);
         }
@@ -69,7 +85,10 @@ impl TestNode {
     }
 
     async fn history_len(&self) -> usize {
-        self.get_json("/api/config/history").await["entries"].as_array().unwrap().len()
+        self.get_json("/api/config/history").await["entries"]
+            .as_array()
+            .unwrap()
+            .len()
     }
 }
 
@@ -77,7 +96,10 @@ async fn problem(r: Response, status: StatusCode) -> Value {
     assert_eq!(r.status(), status);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     let v: Value = r.json().await.unwrap();
-    assert!(v["type"].as_str().unwrap().starts_with("urn:kos:problem:"), "{v}");
+    assert!(
+        v["type"].as_str().unwrap().starts_with("urn:kos:problem:"),
+        "{v}"
+    );
     assert!(v["title"].is_string() && v["detail"].is_string(), "{v}");
     assert_eq!(v["status"], status.as_u16());
     v
@@ -98,14 +120,35 @@ async fn health_ready_metrics_and_problem_shape() {
 
     let p = problem(t.get("/no/such/thing").await, StatusCode::NOT_FOUND).await;
     assert_eq!(p["type"], "urn:kos:problem:not-found");
-    problem(t.http.delete(t.url("/api/config/status")).send().await.unwrap(), StatusCode::METHOD_NOT_ALLOWED).await;
+    problem(
+        t.http
+            .delete(t.url("/api/config/status"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+    .await;
     // Every response carries a request id.
-    assert!(t.get("/healthz").await.headers().contains_key("x-request-id"));
+    assert!(
+        t.get("/healthz")
+            .await
+            .headers()
+            .contains_key("x-request-id")
+    );
 
     let m = t.get("/metrics").await;
-    assert!(m.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        m.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let text = m.text().await.unwrap();
-    assert!(text.contains("kos_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"}"), "{text}");
+    assert!(
+        text.contains("kos_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"}"),
+        "{text}"
+    );
     assert!(text.contains("kos_node_info{"));
     assert!(text.contains("kos_config_snapshot{snapshot_id=\""));
     t.node.stop().await.unwrap();
@@ -115,7 +158,13 @@ async fn health_ready_metrics_and_problem_shape() {
 async fn validate_reports_every_error_with_location() {
     let t = TestNode::start().await;
     let (_, doc) = t.current().await;
-    let r = t.http.put(t.url("/api/config/validate")).body(with_level(&doc, "debug")).send().await.unwrap();
+    let r = t
+        .http
+        .put(t.url("/api/config/validate"))
+        .body(with_level(&doc, "debug"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["valid"], true);
@@ -123,22 +172,83 @@ async fn validate_reports_every_error_with_location() {
     assert_eq!(v["changes"][0]["path"], "logging.level");
 
     let bad = "profile: standalone\napi:\n  lisen: 127.0.0.1:1\nlogging:\n  level: loud\nfederation:\n  klp:\n    enabled: true\n";
-    let p = problem(t.http.put(t.url("/api/config/validate")).body(bad).send().await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY).await;
+    let p = problem(
+        t.http
+            .put(t.url("/api/config/validate"))
+            .body(bad)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     let errors = p["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 2, "{p}");
     // `federation.klp` in the profile is overridden by klp/klp_settings.yaml, and the node says so.
     let w = &p["warnings"][0];
-    assert_eq!((w["path"].as_str(), w["line"].as_u64()), (Some("federation.klp.enabled"), Some(8)), "{p}");
-    assert!(w["message"].as_str().unwrap().starts_with("overridden by klp/klp_settings.yaml:"), "{p}");
-    assert_eq!(errors[0], json!({"severity": "error", "file": "request body", "line": 3, "column": 3, "path": "api.lisen", "message": "unknown key `lisen` (did you mean `listen`?)"}));
+    assert_eq!(
+        (w["path"].as_str(), w["line"].as_u64()),
+        (Some("federation.klp.enabled"), Some(8)),
+        "{p}"
+    );
+    assert!(
+        w["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("overridden by klp/klp_settings.yaml:"),
+        "{p}"
+    );
+    assert_eq!(
+        errors[0],
+        json!({"severity": "error", "file": "request body", "line": 3, "column": 3, "path": "api.lisen", "message": "unknown key `lisen` (did you mean `listen`?)"})
+    );
     assert_eq!(errors[1]["path"], "logging.level");
-    assert_eq!((errors[1]["line"].as_u64(), errors[1]["column"].as_u64()), (Some(5), Some(10)));
+    assert_eq!(
+        (errors[1]["line"].as_u64(), errors[1]["column"].as_u64()),
+        (Some(5), Some(10))
+    );
 
-    problem(t.http.put(t.url("/api/config/validate")).body("a: [1,\n").send().await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY).await;
-    problem(t.http.put(t.url("/api/config/validate")).body("").send().await.unwrap(), StatusCode::BAD_REQUEST).await;
-    problem(t.http.put(t.url("/api/config/validate")).body(vec![0xff, 0xfe]).send().await.unwrap(), StatusCode::BAD_REQUEST).await;
+    problem(
+        t.http
+            .put(t.url("/api/config/validate"))
+            .body("a: [1,\n")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    problem(
+        t.http
+            .put(t.url("/api/config/validate"))
+            .body("")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        t.http
+            .put(t.url("/api/config/validate"))
+            .body(vec![0xff, 0xfe])
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     let huge = format!("profile: standalone\n# {}\n", "x".repeat(2 * 1024 * 1024));
-    problem(t.http.put(t.url("/api/config/validate")).body(huge).send().await.unwrap(), StatusCode::PAYLOAD_TOO_LARGE).await;
+    problem(
+        t.http
+            .put(t.url("/api/config/validate"))
+            .body(huge)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
     t.node.stop().await.unwrap();
 }
 
@@ -148,12 +258,24 @@ async fn apply_is_compare_and_swap() {
     let (id0, doc0) = t.current().await;
     let doc1 = with_level(&doc0, "debug");
 
-    let p = problem(t.apply(None, &doc1).await, StatusCode::PRECONDITION_REQUIRED).await;
+    let p = problem(
+        t.apply(None, &doc1).await,
+        StatusCode::PRECONDITION_REQUIRED,
+    )
+    .await;
     assert_eq!(p["type"], "urn:kos:problem:if-match-required");
     let wrong = format!("\"{}\"", "0".repeat(64));
-    let p = problem(t.apply(Some(&wrong), &doc1).await, StatusCode::PRECONDITION_FAILED).await;
+    let p = problem(
+        t.apply(Some(&wrong), &doc1).await,
+        StatusCode::PRECONDITION_FAILED,
+    )
+    .await;
     assert_eq!(p["current_snapshot_id"], id0.as_str());
-    assert_eq!(std::fs::read_to_string(t.profile_path()).unwrap(), doc0, "a refused apply changes nothing");
+    assert_eq!(
+        std::fs::read_to_string(t.profile_path()).unwrap(),
+        doc0,
+        "a refused apply changes nothing"
+    );
 
     let r = t.apply(Some(&format!("\"{id0}\"")), &doc1).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -169,7 +291,11 @@ async fn apply_is_compare_and_swap() {
     assert_eq!(t.current().await.0, id1);
 
     // The old id no longer matches: a lost update is refused.
-    problem(t.apply(Some(&format!("\"{id0}\"")), &doc0).await, StatusCode::PRECONDITION_FAILED).await;
+    problem(
+        t.apply(Some(&format!("\"{id0}\"")), &doc0).await,
+        StatusCode::PRECONDITION_FAILED,
+    )
+    .await;
     // `*` overwrites unconditionally.
     assert_eq!(t.apply(Some("*"), &doc0).await.status(), StatusCode::OK);
     assert_eq!(t.current().await.0, id0);
@@ -182,17 +308,35 @@ async fn invalid_apply_changes_nothing() {
     let (id0, doc0) = t.current().await;
     let before = std::fs::read(t.profile_path()).unwrap();
     let hist = t.history_len().await;
-    let bad = doc0.replace("  level: info ", "  level: nope ").replace("  bus: memory", "  bus: carrier_pigeon");
-    let p = problem(t.apply(Some(&id0), &bad).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let bad = doc0
+        .replace("  level: info ", "  level: nope ")
+        .replace("  bus: memory", "  bus: carrier_pigeon");
+    let p = problem(
+        t.apply(Some(&id0), &bad).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     let errors = p["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 2, "{p}");
-    assert!(errors.iter().all(|e| e["file"] == "profiles/standalone.yaml" && e["line"].as_u64().unwrap() > 0));
-    assert!(errors[1]["message"].as_str().unwrap().contains("carrier_pigeon"));
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["file"] == "profiles/standalone.yaml" && e["line"].as_u64().unwrap() > 0)
+    );
+    assert!(
+        errors[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("carrier_pigeon")
+    );
     assert_eq!(std::fs::read(t.profile_path()).unwrap(), before);
     assert_eq!(t.history_len().await, hist);
     assert_eq!(t.current().await.0, id0);
     let text = t.get("/metrics").await.text().await.unwrap();
-    assert!(text.contains("kos_config_applies_total{outcome=\"invalid\"} 1"), "{text}");
+    assert!(
+        text.contains("kos_config_applies_total{outcome=\"invalid\"} 1"),
+        "{text}"
+    );
     t.node.stop().await.unwrap();
 }
 
@@ -210,11 +354,19 @@ async fn restart_sections_are_reported_and_live_ones_take_effect() {
     assert_ne!(s["snapshot_id"], id0.as_str());
     // The default diff is running vs current: exactly what a restart would change.
     let d = t.get_json("/api/config/diff").await;
-    assert_eq!(d["changes"], json!([{"path": "api.request_timeout", "op": "changed", "from": "30s", "to": "45s"}]));
+    assert_eq!(
+        d["changes"],
+        json!([{"path": "api.request_timeout", "op": "changed", "from": "30s", "to": "45s"}])
+    );
 
     // A live section is active at once: the node's current config has it.
     let id1 = v["snapshot_id"].as_str().unwrap();
-    let v: Value = t.apply(Some(id1), &with_level(&doc1, "warn")).await.json().await.unwrap();
+    let v: Value = t
+        .apply(Some(id1), &with_level(&doc1, "warn"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["applied_live"], json!(["logging"]));
     assert_eq!(t.node.state.config().config.logging.level.0, "warn");
     t.node.stop().await.unwrap();
@@ -224,26 +376,71 @@ async fn restart_sections_are_reported_and_live_ones_take_effect() {
 async fn history_diff_and_rollback() {
     let t = TestNode::start().await;
     let (id0, doc0) = t.current().await;
-    let v: Value = t.apply(Some(&id0), &with_level(&doc0, "debug")).await.json().await.unwrap();
+    let v: Value = t
+        .apply(Some(&id0), &with_level(&doc0, "debug"))
+        .await
+        .json()
+        .await
+        .unwrap();
     let id1 = v["snapshot_id"].as_str().unwrap().to_string();
-    let v: Value = t.apply(Some(&id1), &with_level(&doc0, "error")).await.json().await.unwrap();
+    let v: Value = t
+        .apply(Some(&id1), &with_level(&doc0, "error"))
+        .await
+        .json()
+        .await
+        .unwrap();
     let id2 = v["snapshot_id"].as_str().unwrap().to_string();
 
     let h = t.get_json("/api/config/history").await;
     let entries = h["entries"].as_array().unwrap();
-    assert_eq!(entries.iter().map(|e| e["id"].as_str().unwrap()).collect::<Vec<_>>(), vec![&id2, &id1, &id0]);
+    assert_eq!(
+        entries
+            .iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec![&id2, &id1, &id0]
+    );
     assert_eq!(entries[2]["action"], "init");
     assert_eq!(entries[0]["action"], "apply");
-    assert_eq!(t.get_json("/api/config/history?limit=1").await["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        t.get_json("/api/config/history?limit=1").await["entries"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
-    let d = t.get_json(&format!("/api/config/diff?from={}&to=current", &id0[..12])).await;
-    assert_eq!(d["changes"], json!([{"path": "logging.level", "op": "changed", "from": "info", "to": "error"}]));
-    assert_eq!(t.get_json(&format!("/api/config/diff?from={id2}&to=current")).await["identical"], true);
-    problem(t.get("/api/config/diff?from=abcdef0123&to=current").await, StatusCode::NOT_FOUND).await;
-    problem(t.get("/api/config/diff?bogus=1").await, StatusCode::BAD_REQUEST).await;
+    let d = t
+        .get_json(&format!("/api/config/diff?from={}&to=current", &id0[..12]))
+        .await;
+    assert_eq!(
+        d["changes"],
+        json!([{"path": "logging.level", "op": "changed", "from": "info", "to": "error"}])
+    );
+    assert_eq!(
+        t.get_json(&format!("/api/config/diff?from={id2}&to=current"))
+            .await["identical"],
+        true
+    );
+    problem(
+        t.get("/api/config/diff?from=abcdef0123&to=current").await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    problem(
+        t.get("/api/config/diff?bogus=1").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
 
     // Roll back to the first snapshot (by prefix): the document comes back byte for byte.
-    let r = t.http.post(t.url("/api/config/rollback")).json(&json!({"snapshot_id": &id0[..12]})).send().await.unwrap();
+    let r = t
+        .http
+        .post(t.url("/api/config/rollback"))
+        .json(&json!({"snapshot_id": &id0[..12]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["snapshot_id"], id0.as_str());
@@ -252,14 +449,40 @@ async fn history_diff_and_rollback() {
     let h = t.get_json("/api/config/history").await;
     assert_eq!(h["entries"][0]["target"], id0.as_str());
     assert_eq!(h["entries"].as_array().unwrap().len(), 4);
-    let r = t.http.post(t.url("/api/config/rollback")).json(&json!({"snapshot_id": "f".repeat(64)})).send().await.unwrap();
+    let r = t
+        .http
+        .post(t.url("/api/config/rollback"))
+        .json(&json!({"snapshot_id": "f".repeat(64)}))
+        .send()
+        .await
+        .unwrap();
     problem(r, StatusCode::NOT_FOUND).await;
-    let r = t.http.post(t.url("/api/config/rollback")).header("if-match", format!("\"{id2}\"")).json(&json!({"snapshot_id": id1})).send().await.unwrap();
+    let r = t
+        .http
+        .post(t.url("/api/config/rollback"))
+        .header("if-match", format!("\"{id2}\""))
+        .json(&json!({"snapshot_id": id1}))
+        .send()
+        .await
+        .unwrap();
     problem(r, StatusCode::PRECONDITION_FAILED).await;
 
     let ev = t.get_json("/api/events?limit=10").await;
-    let kinds: Vec<&str> = ev["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, vec!["config_rolled_back", "config_applied", "config_applied", "node_started"]);
+    let kinds: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "config_rolled_back",
+            "config_applied",
+            "config_applied",
+            "node_started"
+        ]
+    );
     t.node.stop().await.unwrap();
 }
 
@@ -267,46 +490,151 @@ async fn history_diff_and_rollback() {
 async fn profiles_crud() {
     let t = TestNode::start().await;
     let list = t.get_json("/api/profiles").await;
-    assert_eq!(list["profiles"], json!([{"id": "standalone", "active": true, "profile": "standalone", "valid": true, "errors": 0}]));
+    assert_eq!(
+        list["profiles"],
+        json!([{"id": "standalone", "active": true, "profile": "standalone", "valid": true, "errors": 0}])
+    );
 
     let edge = kos_config::preset(ProfileKind::Edge);
-    let r = t.http.post(t.url("/api/profiles")).json(&json!({"id": "lab", "document": edge})).send().await.unwrap();
+    let r = t
+        .http
+        .post(t.url("/api/profiles"))
+        .json(&json!({"id": "lab", "document": edge}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.headers()["location"], "/api/profiles/lab");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["profile"], "edge");
     assert!(t.dir.path().join("profiles/lab.yaml").exists());
-    let r = t.http.post(t.url("/api/profiles")).json(&json!({"id": "lab", "document": edge})).send().await.unwrap();
+    let r = t
+        .http
+        .post(t.url("/api/profiles"))
+        .json(&json!({"id": "lab", "document": edge}))
+        .send()
+        .await
+        .unwrap();
     problem(r, StatusCode::CONFLICT).await;
-    let r = t.http.post(t.url("/api/profiles")).json(&json!({"id": "bad", "document": "profile: edge\nstorage:\n  database: postgresql\n"})).send().await.unwrap();
+    let r = t
+        .http
+        .post(t.url("/api/profiles"))
+        .json(
+            &json!({"id": "bad", "document": "profile: edge\nstorage:\n  database: postgresql\n"}),
+        )
+        .send()
+        .await
+        .unwrap();
     let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
-    assert!(p["errors"][0]["file"].as_str().unwrap().ends_with("profiles/bad.yaml"));
+    assert!(
+        p["errors"][0]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("profiles/bad.yaml")
+    );
     assert!(!t.dir.path().join("profiles/bad.yaml").exists());
-    let r = t.http.post(t.url("/api/profiles")).json(&json!({"id": "../etc", "document": edge})).send().await.unwrap();
+    let r = t
+        .http
+        .post(t.url("/api/profiles"))
+        .json(&json!({"id": "../etc", "document": edge}))
+        .send()
+        .await
+        .unwrap();
     problem(r, StatusCode::BAD_REQUEST).await;
-    let r = t.http.post(t.url("/api/profiles")).json(&json!({"id": "x"})).send().await.unwrap();
+    let r = t
+        .http
+        .post(t.url("/api/profiles"))
+        .json(&json!({"id": "x"}))
+        .send()
+        .await
+        .unwrap();
     problem(r, StatusCode::BAD_REQUEST).await;
 
     assert_eq!(t.get_json("/api/profiles/lab").await["document"], edge);
     let changed = edge.replace("level: warn", "level: error");
-    let r = t.http.put(t.url("/api/profiles/lab")).body(changed.clone()).send().await.unwrap();
+    let r = t
+        .http
+        .put(t.url("/api/profiles/lab"))
+        .body(changed.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(std::fs::read_to_string(t.dir.path().join("profiles/lab.yaml")).unwrap(), changed);
-    problem(t.http.put(t.url("/api/profiles/ghost")).body(changed).send().await.unwrap(), StatusCode::NOT_FOUND).await;
+    assert_eq!(
+        std::fs::read_to_string(t.dir.path().join("profiles/lab.yaml")).unwrap(),
+        changed
+    );
+    problem(
+        t.http
+            .put(t.url("/api/profiles/ghost"))
+            .body(changed)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
 
     // The diff API compares the current config with a stored profile.
     let d = t.get_json("/api/config/diff?profile=lab").await;
-    assert!(d["changes"].as_array().unwrap().iter().any(|c| c["path"] == "profile"), "{d}");
+    assert!(
+        d["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["path"] == "profile"),
+        "{d}"
+    );
 
     // PUT on the active profile is an apply: If-Match required.
     let (id0, doc0) = t.current().await;
-    problem(t.http.put(t.url("/api/profiles/standalone")).body(doc0.clone()).send().await.unwrap(), StatusCode::PRECONDITION_REQUIRED).await;
-    let r = t.http.put(t.url("/api/profiles/standalone")).header("if-match", &id0).body(with_level(&doc0, "debug")).send().await.unwrap();
+    problem(
+        t.http
+            .put(t.url("/api/profiles/standalone"))
+            .body(doc0.clone())
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::PRECONDITION_REQUIRED,
+    )
+    .await;
+    let r = t
+        .http
+        .put(t.url("/api/profiles/standalone"))
+        .header("if-match", &id0)
+        .body(with_level(&doc0, "debug"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
-    problem(t.http.delete(t.url("/api/profiles/standalone")).send().await.unwrap(), StatusCode::CONFLICT).await;
-    assert_eq!(t.http.delete(t.url("/api/profiles/lab")).send().await.unwrap().status(), StatusCode::NO_CONTENT);
-    problem(t.http.delete(t.url("/api/profiles/lab")).send().await.unwrap(), StatusCode::NOT_FOUND).await;
+    problem(
+        t.http
+            .delete(t.url("/api/profiles/standalone"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert_eq!(
+        t.http
+            .delete(t.url("/api/profiles/lab"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    problem(
+        t.http
+            .delete(t.url("/api/profiles/lab"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     problem(t.get("/api/profiles/lab").await, StatusCode::NOT_FOUND).await;
     t.node.stop().await.unwrap();
 }
@@ -315,9 +643,17 @@ async fn profiles_crud() {
 async fn reload_from_disk_keeps_last_good_config() {
     let t = TestNode::start().await;
     let (id0, doc0) = t.current().await;
-    std::fs::write(t.profile_path(), "profile: standalone\nlogging:\n  level: shouting\n").unwrap();
+    std::fs::write(
+        t.profile_path(),
+        "profile: standalone\nlogging:\n  level: shouting\n",
+    )
+    .unwrap();
     assert!(!t.node.state.reload_from_disk().await.unwrap());
-    assert_eq!(t.current().await.0, id0, "an invalid file on disk is not activated");
+    assert_eq!(
+        t.current().await.0,
+        id0,
+        "an invalid file on disk is not activated"
+    );
     std::fs::write(t.profile_path(), with_level(&doc0, "debug")).unwrap();
     assert!(t.node.state.reload_from_disk().await.unwrap());
     assert_ne!(t.current().await.0, id0);
@@ -336,5 +672,11 @@ async fn readyz_turns_503_while_draining() {
     t.node.wait().await.unwrap();
     assert!(!state.is_ready());
     // After stop the port is closed.
-    assert!(t.http.get(format!("{}/healthz", t.base)).send().await.is_err());
+    assert!(
+        t.http
+            .get(format!("{}/healthz", t.base))
+            .send()
+            .await
+            .is_err()
+    );
 }
