@@ -221,31 +221,39 @@ impl Store {
 
     /// Every history entry, oldest first.
     pub fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
-        let dir = self.state.join("history");
-        let mut names: Vec<String> = fs::read_dir(&dir)
+        self.entry_names()?
+            .iter()
+            .map(|n| self.read_entry(n))
+            .collect()
+    }
+
+    /// History file names, oldest first (zero-padded sequence numbers sort in order).
+    fn entry_names(&self) -> Result<Vec<String>, StoreError> {
+        let mut names: Vec<String> = fs::read_dir(self.state.join("history"))
             .map_err(io_err("reading state/history"))?
             .filter_map(Result::ok)
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
             .collect();
         names.sort();
-        names
-            .iter()
-            .map(|n| {
-                let p = dir.join(n);
-                let text =
-                    fs::read_to_string(&p).map_err(io_err(format!("reading {}", p.display())))?;
-                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                    path: p.display().to_string(),
-                    message: e.to_string(),
-                })
-            })
-            .collect()
+        Ok(names)
     }
 
-    /// The last history entry, if any.
+    fn read_entry(&self, name: &str) -> Result<HistoryEntry, StoreError> {
+        let p = self.state.join("history").join(name);
+        let text = fs::read_to_string(&p).map_err(io_err(format!("reading {}", p.display())))?;
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The last history entry, if any (reads only that entry).
     pub fn head(&self) -> Result<Option<HistoryEntry>, StoreError> {
-        Ok(self.history()?.pop())
+        self.entry_names()?
+            .last()
+            .map(|n| self.read_entry(n))
+            .transpose()
     }
 
     fn snapshot_path(&self, id: &SnapshotId) -> PathBuf {
