@@ -454,6 +454,15 @@ pub struct Klp {
     pub listen: Vec<String>,
     /// Multiaddrs (with `/p2p/<peer id>`) dialed at start.
     pub bootstrap: Vec<String>,
+    /// Federation name: nodes of one federation share it (it is part of the kademlia and
+    /// gossip protocol names).
+    pub network: String,
+    /// Network interfaces DNS-SD uses (names such as `eth0`); empty means all.
+    pub discovery_interfaces: Vec<String>,
+    /// A connection that has not finished the MAP handshake within this time is closed.
+    pub handshake_timeout: Duration,
+    /// Most established connections (approved peers do not count against it).
+    pub max_connections: u32,
 }
 
 impl Default for Klp {
@@ -465,6 +474,10 @@ impl Default for Klp {
             peer_discovery: PeerDiscovery::None,
             listen: Vec::new(),
             bootstrap: Vec::new(),
+            network: "kos".into(),
+            discovery_interfaces: Vec::new(),
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: 256,
         }
     }
 }

@@ -324,6 +324,34 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
             }
         }
     }
+    if klp.network.is_empty()
+        || !klp
+            .network
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || klp.network.len() > 64
+    {
+        cx.error(
+            "federation.klp.network",
+            "must be 1-64 letters, digits, `-` or `_`",
+        );
+    }
+    let hs = klp.handshake_timeout.get();
+    if hs < std::time::Duration::from_millis(500) || hs > std::time::Duration::from_secs(60) {
+        cx.error(
+            "federation.klp.handshake_timeout",
+            "must be between 500ms and 60s",
+        );
+    }
+    if klp.max_connections == 0 {
+        cx.error("federation.klp.max_connections", "must be at least 1");
+    }
+    if klp.enabled && klp.listen.is_empty() {
+        cx.error(
+            "federation.klp.listen",
+            "KLP needs at least one listen address (e.g. /ip4/0.0.0.0/tcp/4001)",
+        );
+    }
     for (i, a) in klp.bootstrap.iter().enumerate() {
         if a.starts_with('/') && !a.contains("/p2p/") {
             cx.error(

@@ -43,6 +43,71 @@ enum Command {
     /// Validate, show and compare configurations.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage the approved peers in klp/peers.list (a running node applies changes at once).
+    #[command(subcommand)]
+    Peers(PeersCommand),
+    /// Run a local multi-node federation (processes on loopback ports).
+    #[command(subcommand)]
+    Testnet(TestnetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PeersCommand {
+    /// List the approved peers, with live state when the node is running.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a peer (or change its addresses and label).
+    Add {
+        /// Peer id (12D3KooW...).
+        id: String,
+        /// Address to dial (repeatable), e.g. /ip4/192.0.2.10/tcp/4001.
+        #[arg(long = "addr", value_name = "MULTIADDR")]
+        addrs: Vec<String>,
+        /// A label for people.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Remove a peer; a running node disconnects it.
+    Remove {
+        /// Peer id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TestnetCommand {
+    /// Generate N nodes, start them, wait until all admit each other, print a table.
+    Up {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Directory for the nodes and testnet.json.
+        #[arg(long = "dir", value_name = "DIR", default_value = "kos-testnet")]
+        testnet_dir: PathBuf,
+        /// How long to wait for full admission.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Show each node of the testnet and how many peers it admitted.
+    Status {
+        #[arg(long = "dir", value_name = "DIR", default_value = "kos-testnet")]
+        testnet_dir: PathBuf,
+    },
+    /// Stop the processes `up` started.
+    Down {
+        #[arg(long = "dir", value_name = "DIR", default_value = "kos-testnet")]
+        testnet_dir: PathBuf,
+        /// Also delete the node directories.
+        #[arg(long)]
+        clean: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +191,22 @@ pub fn main() -> ExitCode {
         Command::Config(ConfigCommand::Show { json, profile }) => exit(show(&dir, json, profile)),
         Command::Config(ConfigCommand::Diff { a, b, json }) => diff(&a, &b, json),
         Command::Config(ConfigCommand::History { json }) => exit(history(&dir, json)),
+        Command::Peers(PeersCommand::List { json }) => exit(peers_list(&dir, json)),
+        Command::Peers(PeersCommand::Add { id, addrs, label }) => {
+            exit(peers_add(&dir, &id, addrs, label))
+        }
+        Command::Peers(PeersCommand::Remove { id }) => exit(peers_remove(&dir, &id)),
+        Command::Testnet(TestnetCommand::Up {
+            nodes,
+            testnet_dir,
+            timeout,
+        }) => exit(crate::testnet::up(&testnet_dir, nodes, timeout)),
+        Command::Testnet(TestnetCommand::Status { testnet_dir }) => {
+            exit(crate::testnet::status(&testnet_dir))
+        }
+        Command::Testnet(TestnetCommand::Down { testnet_dir, clean }) => {
+            exit(crate::testnet::down(&testnet_dir, clean))
+        }
     }
 }
 
@@ -215,7 +296,29 @@ fn print_diags(diags: &kos_config::Diagnostics) {
 
 fn validate(dir: &Path, as_json: bool) -> ExitCode {
     let opts = LoadOptions::from_process(capabilities());
-    let result = ConfigDir::new(dir).load(&opts);
+    let mut result = ConfigDir::new(dir).load(&opts);
+    // peers.list is part of a node's configuration too.
+    if let Err(errors) = crate::federation::read_peers_list(dir) {
+        let diags = errors.into_iter().map(|e| {
+            let (loc, msg) = e.split_once(": ").unwrap_or((&e, ""));
+            let (file, line) = loc.rsplit_once(':').unwrap_or((loc, "0"));
+            let loc = kos_config::tree::Location {
+                source: file.into(),
+                line: line.parse().unwrap_or(0),
+                column: if line == "0" { 0 } else { 1 },
+            };
+            kos_config::Diagnostic::error(loc, "", msg)
+        });
+        result = match result {
+            Ok(l) => Err(kos_config::Diagnostics(
+                l.warnings.into_iter().chain(diags).collect(),
+            )),
+            Err(mut d) => {
+                d.extend(diags);
+                Err(d)
+            }
+        };
+    }
     match (result, as_json) {
         (Ok(l), true) => {
             println!(
@@ -362,5 +465,118 @@ fn history(dir: &Path, as_json: bool) -> Result<()> {
             e.actor
         );
     }
+    Ok(())
+}
+
+fn peers_path(dir: &Path) -> PathBuf {
+    dir.join(kos_config::load::PEERS_LIST)
+}
+
+fn peers_list(dir: &Path, as_json: bool) -> Result<()> {
+    let entries =
+        crate::federation::read_peers_list(dir).map_err(|e| anyhow::anyhow!("{}", e.join("\n")))?;
+    // Live state from the running node, if there is one.
+    let live: Option<serde_json::Value> = ConfigDir::new(dir)
+        .load(&LoadOptions::from_process(capabilities()))
+        .ok()
+        .and_then(|l| {
+            crate::local_http::get_json(
+                l.config.api.listen,
+                "/api/peers",
+                std::time::Duration::from_secs(2),
+            )
+            .ok()
+        });
+    let state_of = |id: &str| -> String {
+        live.as_ref()
+            .and_then(|v| v["peers"].as_array())
+            .and_then(|ps| ps.iter().find(|p| p["id"] == id))
+            .map(|p| {
+                let st = p["state"].as_str().unwrap_or("?").to_string();
+                if p["connected"] == true {
+                    st
+                } else {
+                    format!("{st} (not connected)")
+                }
+            })
+            .unwrap_or_else(|| {
+                if live.is_some() {
+                    "unknown".into()
+                } else {
+                    "-".into()
+                }
+            })
+    };
+    if as_json {
+        let rows: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| json!({"id": e.id.to_string(), "addrs": e.addrs, "label": e.label, "state": state_of(&e.id.to_string())}))
+            .collect();
+        println!("{}", json!({"node_running": live.is_some(), "peers": rows}));
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("no approved peers in {}", peers_path(dir).display());
+    }
+    for e in &entries {
+        let id = e.id.to_string();
+        println!(
+            "{id}  {:<24} {}  {}",
+            state_of(&id),
+            e.label.as_deref().unwrap_or(""),
+            e.addrs.join(" ")
+        );
+    }
+    if live.is_none() {
+        println!("(the node is not running, or its API did not answer: no live state)");
+    }
+    Ok(())
+}
+
+fn write_peers(dir: &Path, text: &str) -> Result<()> {
+    let path = peers_path(dir);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    kos_config::snapshot::atomic_write(&path, text.as_bytes(), None, &mut |_| {})
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn peers_add(dir: &Path, id: &str, addrs: Vec<String>, label: Option<String>) -> Result<()> {
+    let node: kos_klp::NodeId = id
+        .parse()
+        .map_err(|e| anyhow::anyhow!("`{id}` is not a peer id: {e}"))?;
+    let addrs = addrs
+        .iter()
+        .map(|a| kos_klp::peers::check_addr(a, &node).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    if label.as_deref().is_some_and(|l| l.contains('\n')) {
+        anyhow::bail!("a label is one line");
+    }
+    let text = std::fs::read_to_string(peers_path(dir)).unwrap_or_default();
+    crate::federation::read_peers_list(dir)
+        .map_err(|e| anyhow::anyhow!("fix peers.list first:\n{}", e.join("\n")))?;
+    let entry = kos_klp::PeerEntry {
+        id: node,
+        addrs,
+        label,
+        line: 0,
+    };
+    write_peers(dir, &kos_klp::peers::upsert_entry(&text, &entry))?;
+    println!("approved {node}");
+    Ok(())
+}
+
+fn peers_remove(dir: &Path, id: &str) -> Result<()> {
+    let node: kos_klp::NodeId = id
+        .parse()
+        .map_err(|e| anyhow::anyhow!("`{id}` is not a peer id: {e}"))?;
+    let text = std::fs::read_to_string(peers_path(dir))
+        .with_context(|| format!("reading {}", peers_path(dir).display()))?;
+    let Some(new) = kos_klp::peers::remove_entry(&text, &node) else {
+        anyhow::bail!("{node} is not in {}", peers_path(dir).display());
+    };
+    write_peers(dir, &new)?;
+    println!("removed {node}");
     Ok(())
 }

@@ -72,7 +72,9 @@ pub struct NodeState {
     pub current: watch::Sender<Arc<Loaded>>,
     /// The configuration the node started with (what restart-only sections still use).
     pub boot: Arc<Loaded>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// The KLP swarm, when the profile enables it.
+    pub klp: Option<kos_klp::Klp>,
     pub started: Instant,
     pub started_at: SystemTime,
     pub listen: SocketAddr,
@@ -255,13 +257,15 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
         warn!(%w, "configuration");
     }
     let cfg = &loaded.config;
-    if cfg.federation.klp.enabled {
-        bail!(
-            "{}: federation.klp.enabled is true, but this build has no KLP runtime yet; \
-             set it to false or run a build with KLP",
-            ConfigDir::profile_rel(&loaded.profile_id)
-        );
-    }
+    // peers.list is validated with the configuration, before anything is bound.
+    let approved = if cfg.federation.klp.enabled {
+        Some(
+            crate::federation::read_peers_list(dir.root())
+                .map_err(|e| anyhow::anyhow!("invalid peers list:\n{}", e.join("\n")))?,
+        )
+    } else {
+        None
+    };
     let snapshots = Store::open(&dir).context("opening the snapshot store")?;
     if let Some(e) = snapshots
         .reconcile(&loaded, "node")
@@ -278,18 +282,43 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
         .await
         .context("opening the database")?;
 
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+    let klp = match approved {
+        Some(list) => {
+            let kc = crate::federation::klp_config(&loaded, &identity, list);
+            let (klp, _task) = kos_klp::Klp::start(kc).await.context("starting KLP")?;
+            info!(node_id = %klp.local_id(), listen = ?klp.listen_addrs().await.unwrap_or_default(), "KLP started");
+            crate::federation::record_events(&klp, metrics.clone(), shutdown.clone());
+            crate::federation::watch_peers_list(
+                klp.clone(),
+                dir.root().to_path_buf(),
+                cfg.federation.klp.handshake_required,
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            Some(klp)
+        }
+        None => None,
+    };
+
     let listen = opts.listen_override.unwrap_or(cfg.api.listen);
     if !listen.ip().is_loopback() && !capabilities().api_auth {
         bail!(
             "refusing to bind the API to {listen}: only loopback addresses are allowed until authentication is configured"
         );
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the API to {listen}"))?;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            if let Some(k) = &klp {
+                let _ = k.shutdown().await;
+            }
+            return Err(e).with_context(|| format!("binding the API to {listen}"));
+        }
+    };
     let addr = listener.local_addr()?;
 
-    let metrics = Metrics::new();
     metrics
         .info
         .get_or_create(&InfoLabels {
@@ -318,6 +347,7 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
         current,
         boot: boot.clone(),
         metrics,
+        klp,
         started: Instant::now(),
         started_at,
         listen: addr,
@@ -340,7 +370,6 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
         )
         .await;
 
-    let shutdown = CancellationToken::new();
     let app = crate::api::router(state.clone());
     let token = shutdown.clone();
     let st = state.clone();
@@ -372,6 +401,9 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
                 st.ready.store(false, Ordering::SeqCst);
                 r.context("API server task")?.context("API server")?;
             }
+        }
+        if let Some(k) = &st.klp {
+            let _ = k.shutdown().await;
         }
         st.record(
             "node_stopped",

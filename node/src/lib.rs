@@ -10,7 +10,10 @@
 pub mod api;
 pub mod cli;
 pub mod daemon;
+pub mod federation;
 pub mod identity;
+pub mod local_http;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;
+pub mod testnet;

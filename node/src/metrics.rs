@@ -46,6 +46,10 @@ pub struct Metrics {
     pub info: Family<InfoLabels, Gauge>,
     pub snapshot: Family<SnapshotLabels, Gauge>,
     pub start_time: Gauge,
+    pub klp_connections: Gauge,
+    pub klp_handshakes: Family<OutcomeLabels, Counter>,
+    pub klp_discovery_events: Counter,
+    pub peers_list_reloads: Family<OutcomeLabels, Counter>,
     current_snapshot: Mutex<Option<String>>,
 }
 
@@ -61,6 +65,10 @@ impl Metrics {
         let info = Family::<InfoLabels, Gauge>::default();
         let snapshot = Family::<SnapshotLabels, Gauge>::default();
         let start_time = Gauge::default();
+        let klp_connections = Gauge::default();
+        let klp_handshakes = Family::<OutcomeLabels, Counter>::default();
+        let klp_discovery_events = Counter::default();
+        let peers_list_reloads = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -105,6 +113,10 @@ impl Metrics {
             info,
             snapshot,
             start_time,
+            klp_connections,
+            klp_handshakes,
+            klp_discovery_events,
+            peers_list_reloads,
             current_snapshot: Mutex::new(None),
         }
     }

@@ -16,9 +16,13 @@
 //! | GET/POST | `/api/profiles` | list / create profiles |
 //! | GET/PUT/DELETE | `/api/profiles/{id}` | read / update / delete a profile |
 //! | GET | `/api/events` | node events (audit trail) |
+//! | GET | `/api/peers` | approved, connected and discovered peers |
+//! | GET | `/api/peers/{id}` | one peer |
+//! | POST | `/api/peers/dial` | dial a multiaddr (admission still goes through MAP) |
 
 mod config;
 mod ops;
+mod peers;
 pub mod problem;
 mod profiles;
 
@@ -69,6 +73,9 @@ pub fn router(state: AppState) -> Router {
                 .delete(profiles::delete),
         )
         .route("/api/events", get(ops::events))
+        .route("/api/peers", get(peers::list))
+        .route("/api/peers/dial", post(peers::dial))
+        .route("/api/peers/{id}", get(peers::read))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

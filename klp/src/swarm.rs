@@ -1,0 +1,1240 @@
+//! The swarm actor: one task owns the `Swarm`; [`Klp`] is its handle.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use kos_map_protocol::{
+    GoodbyeReason, MAP_VERSION, Manifest, MapMessage, NodeId, ReplayGuard, Skill, VersionRange,
+    negotiate, open, seal,
+};
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, dial_opts::DialOpts};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub,
+    identify, identity, kad, noise, ping, tcp, yamux,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::discovery::{Discovered, Discovery};
+use crate::peers::PeerEntry;
+use crate::{HandshakeState, KlpConfig, KlpEvent, PeerInfo, Refusal, RefusedBy};
+
+/// The MAP protocol over request-response.
+pub const MAP_PROTOCOL: &str = "/kos/klp/map/1.0.0";
+/// Largest request or response on the MAP protocol; larger streams are reset by the codec.
+/// (MAP itself refuses anything over `MAX_MESSAGE_BYTES` with `Goodbye{too_large}`.)
+pub const WIRE_LIMIT: u64 = 256 * 1024;
+const COMMAND_QUEUE: usize = 64;
+const EVENT_QUEUE: usize = 1024;
+const BAN_BAD_PEER: Duration = Duration::from_secs(60);
+const BAN_NOT_APPROVED: Duration = Duration::from_secs(10);
+const REDIAL_MIN: Duration = Duration::from_secs(1);
+const REDIAL_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KlpError {
+    #[error("invalid identity key: {0}")]
+    Key(String),
+    #[error("invalid multiaddr `{addr}`: {reason}")]
+    Addr { addr: String, reason: String },
+    #[error("cannot build the transport: {0}")]
+    Transport(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("the KLP task has stopped")]
+    Stopped,
+    #[error("dial failed: {0}")]
+    Dial(String),
+    #[error("DNS-SD: {0}")]
+    Discovery(String),
+}
+
+/// MAP bytes on the wire (CBOR byte strings).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum WireRequest {
+    Map(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum WireResponse {
+    Map(#[serde(with = "serde_bytes")] Vec<u8>),
+    Ack,
+}
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    map: request_response::cbor::Behaviour<WireRequest, WireResponse>,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+}
+
+enum Command {
+    ListenAddrs(oneshot::Sender<Vec<String>>),
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    Dial(Multiaddr, oneshot::Sender<Result<(), KlpError>>),
+    SetApproved {
+        entries: Vec<PeerEntry>,
+        handshake_required: bool,
+        reply: oneshot::Sender<()>,
+    },
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), KlpError>>,
+    },
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Handle to the KLP task. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Klp {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<KlpEvent>,
+    local_id: NodeId,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn node_id(peer: &PeerId) -> Option<NodeId> {
+    NodeId::from_bytes(&peer.to_bytes()).ok()
+}
+
+fn peer_id(node: &NodeId) -> Option<PeerId> {
+    PeerId::from_bytes(&node.to_bytes()).ok()
+}
+
+impl Klp {
+    /// Builds the swarm, starts listening (waiting until every listener has an address),
+    /// dials the approved peers and bootstrap addresses, and spawns the event loop.
+    pub async fn start(cfg: KlpConfig) -> Result<(Klp, tokio::task::JoinHandle<()>), KlpError> {
+        let keypair = identity::Keypair::ed25519_from_bytes(cfg.secret_key)
+            .map_err(|e| KlpError::Key(e.to_string()))?;
+        let signing = ed25519_dalek::SigningKey::from_bytes(&cfg.secret_key);
+        let local_peer = keypair.public().to_peer_id();
+        let local_id =
+            node_id(&local_peer).ok_or_else(|| KlpError::Key("not an ed25519 key".into()))?;
+        let network = cfg.network.clone();
+
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| KlpError::Transport(e.to_string()))?
+            .with_quic()
+            .with_dns()
+            .map_err(|e| KlpError::Transport(e.to_string()))?
+            .with_behaviour(|key| build_behaviour(key, &cfg, &network))
+            .map_err(|e| KlpError::Transport(e.to_string()))?
+            // Connections to admitted peers stay up; the loop closes the others itself.
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
+            .build();
+
+        let topic = gossipsub::IdentTopic::new(format!("/kos/{network}/events/1"));
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| KlpError::Transport(e.to_string()))?;
+        swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+
+        let mut pending_listeners = HashSet::new();
+        for a in &cfg.listen {
+            let ma = Multiaddr::from_str(a).map_err(|e| KlpError::Addr {
+                addr: a.clone(),
+                reason: e.to_string(),
+            })?;
+            let id = swarm.listen_on(ma).map_err(|e| KlpError::Listen {
+                addr: a.clone(),
+                reason: e.to_string(),
+            })?;
+            pending_listeners.insert(id);
+        }
+        let mut listen_addrs = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !pending_listeners.is_empty() {
+            let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
+                .await
+                .map_err(|_| KlpError::Listen {
+                    addr: cfg.listen.join(", "),
+                    reason: "no address within 10 s".into(),
+                })?;
+            match ev {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    pending_listeners.remove(&listener_id);
+                    listen_addrs.push(address);
+                }
+                SwarmEvent::ListenerClosed {
+                    listener_id,
+                    reason,
+                    ..
+                } if pending_listeners.contains(&listener_id) => {
+                    return Err(KlpError::Listen {
+                        addr: cfg.listen.join(", "),
+                        reason: format!("{reason:?}"),
+                    });
+                }
+                SwarmEvent::ListenerError { listener_id, error }
+                    if pending_listeners.contains(&listener_id) =>
+                {
+                    return Err(KlpError::Listen {
+                        addr: cfg.listen.join(", "),
+                        reason: error.to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
+
+        let discovery = if cfg.discovery.enabled {
+            let port = listen_addrs.iter().find_map(|a| {
+                a.iter().find_map(|p| match p {
+                    Protocol::Udp(p) | Protocol::Tcp(p) => Some(p),
+                    _ => None,
+                })
+            });
+            let tcp_port = listen_addrs
+                .iter()
+                .find_map(|a| {
+                    a.iter().find_map(|p| {
+                        if let Protocol::Tcp(p) = p {
+                            Some(p)
+                        } else {
+                            None
+                        }
+                    })
+                })
+                .or(port)
+                .unwrap_or(0);
+            Some(
+                Discovery::start(&local_id, tcp_port, &cfg.discovery.interfaces)
+                    .map_err(KlpError::Discovery)?,
+            )
+        } else {
+            None
+        };
+
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (ev_tx, _) = broadcast::channel(EVENT_QUEUE);
+        let mut lp = EventLoop {
+            swarm,
+            signing,
+            local_id,
+            cfg,
+            topic,
+            listen_addrs,
+            peers: HashMap::new(),
+            pending: HashMap::new(),
+            hellos: HashMap::new(),
+            close_after_response: HashSet::new(),
+            bans: HashMap::new(),
+            pending_bans: HashMap::new(),
+            replay: ReplayGuard::new(30_000, 10_000),
+            events: ev_tx.clone(),
+            commands: cmd_rx,
+            discovery,
+        };
+        lp.replay = ReplayGuard::new(lp.cfg.clock_skew.as_millis() as u64, 10_000);
+        for a in lp.listen_addrs.clone() {
+            lp.emit(KlpEvent::Listening {
+                addr: a.to_string(),
+            });
+            info!(addr = %a, "KLP listening");
+        }
+        let approved = lp.cfg.approved.clone();
+        let required = lp.cfg.handshake_required;
+        lp.set_approved(approved, required);
+        for b in lp.cfg.bootstrap.clone() {
+            match Multiaddr::from_str(&b) {
+                Ok(ma) => {
+                    if let Err(e) = lp.swarm.dial(ma) {
+                        warn!(addr = %b, error = %e, "cannot dial bootstrap address");
+                    }
+                }
+                Err(e) => warn!(addr = %b, error = %e, "invalid bootstrap address"),
+            }
+        }
+        let task = tokio::spawn(lp.run());
+        Ok((
+            Klp {
+                commands: cmd_tx,
+                events: ev_tx,
+                local_id,
+            },
+            task,
+        ))
+    }
+
+    pub fn local_id(&self) -> NodeId {
+        self.local_id
+    }
+
+    /// A stream of events from now on (a slow receiver loses the oldest events).
+    pub fn subscribe(&self) -> broadcast::Receiver<KlpEvent> {
+        self.events.subscribe()
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, KlpError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| KlpError::Stopped)?;
+        rx.await.map_err(|_| KlpError::Stopped)
+    }
+
+    /// The addresses the swarm listens on (with actual ports).
+    pub async fn listen_addrs(&self) -> Result<Vec<String>, KlpError> {
+        self.ask(Command::ListenAddrs).await
+    }
+
+    /// Every peer known: approved, connected or discovered.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, KlpError> {
+        self.ask(Command::Peers).await
+    }
+
+    /// Dials an address (ending in `/p2p/<id>` or not); admission still goes through MAP.
+    pub async fn dial(&self, addr: &str) -> Result<(), KlpError> {
+        let ma = Multiaddr::from_str(addr).map_err(|e| KlpError::Addr {
+            addr: addr.into(),
+            reason: e.to_string(),
+        })?;
+        self.ask(|tx| Command::Dial(ma, tx)).await?
+    }
+
+    /// Replaces the approved peers. Peers no longer allowed are told `Goodbye{revoked}` and
+    /// disconnected; newly listed peers with addresses are dialed.
+    pub async fn set_approved(
+        &self,
+        entries: Vec<PeerEntry>,
+        handshake_required: bool,
+    ) -> Result<(), KlpError> {
+        self.ask(|reply| Command::SetApproved {
+            entries,
+            handshake_required,
+            reply,
+        })
+        .await
+    }
+
+    /// Publishes a message to the federation's gossip topic.
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<(), KlpError> {
+        let topic = topic.to_string();
+        self.ask(|reply| Command::Publish { topic, data, reply })
+            .await?
+    }
+
+    /// Says goodbye to every peer and stops the task.
+    pub async fn shutdown(&self) -> Result<(), KlpError> {
+        self.ask(Command::Shutdown).await
+    }
+}
+
+fn build_behaviour(
+    key: &identity::Keypair,
+    cfg: &KlpConfig,
+    network: &str,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let local = key.public().to_peer_id();
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(64))
+        .with_max_pending_outgoing(Some(64))
+        .with_max_established(Some(cfg.max_connections))
+        .with_max_established_per_peer(Some(cfg.max_connections_per_peer));
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .mesh_n(4)
+        .mesh_n_low(2)
+        .mesh_n_high(8)
+        .mesh_outbound_min(1)
+        .heartbeat_interval(Duration::from_secs(1))
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(256 * 1024)
+        .message_id_fn(|m: &gossipsub::Message| {
+            use std::hash::{DefaultHasher, Hash, Hasher};
+            // Content-addressed: the same bytes from the same author are one message.
+            let mut h = DefaultHasher::new();
+            m.data.hash(&mut h);
+            m.source.hash(&mut h);
+            m.topic.hash(&mut h);
+            gossipsub::MessageId::from(h.finish().to_be_bytes().to_vec())
+        })
+        .build()?;
+    let gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_config,
+    )?;
+    let map = request_response::Behaviour::with_codec(
+        request_response::cbor::codec::Codec::default()
+            .set_request_size_maximum(WIRE_LIMIT)
+            .set_response_size_maximum(WIRE_LIMIT),
+        [(StreamProtocol::new(MAP_PROTOCOL), ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(cfg.handshake_timeout)
+            .with_max_concurrent_streams(16),
+    );
+    let kad_protocol = StreamProtocol::try_from_owned(format!("/kos/{network}/kad/1.0.0"))?;
+    let mut kad_cfg = kad::Config::new(kad_protocol);
+    kad_cfg.set_query_timeout(Duration::from_secs(30));
+    let kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad_cfg);
+    Ok(Behaviour {
+        blocked: allow_block_list::Behaviour::default(),
+        limits: connection_limits::Behaviour::new(limits),
+        identify: identify::Behaviour::new(
+            identify::Config::new("/kos/klp/1.0.0".into(), key.public())
+                .with_agent_version(format!("kos-node/{}", cfg.manifest.version)),
+        ),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(10))),
+        gossipsub,
+        map,
+        kad,
+    })
+}
+
+#[derive(Default)]
+struct Peer {
+    approved: Option<PeerEntry>,
+    discovered_addrs: Vec<Multiaddr>,
+    identify_addrs: Vec<Multiaddr>,
+    connections: HashSet<ConnectionId>,
+    state: Option<HandshakeState>,
+    version: Option<u16>,
+    manifest: Option<Manifest>,
+    rtt: Option<Duration>,
+    last_seen_ms: Option<u64>,
+    last_refusal: Option<Refusal>,
+    next_redial: Option<(Instant, Duration)>,
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    signing: ed25519_dalek::SigningKey,
+    local_id: NodeId,
+    cfg: KlpConfig,
+    topic: gossipsub::IdentTopic,
+    listen_addrs: Vec<Multiaddr>,
+    peers: HashMap<PeerId, Peer>,
+    /// Connections of peers not yet admitted, with their handshake deadline.
+    pending: HashMap<ConnectionId, (PeerId, Instant)>,
+    /// Our Hellos in flight.
+    hellos: HashMap<OutboundRequestId, PeerId>,
+    /// Peers to disconnect once our Goodbye response is sent.
+    close_after_response: HashSet<PeerId>,
+    /// Temporary bans, lifted at the instant given.
+    bans: HashMap<PeerId, Instant>,
+    /// Bans to start once the peer has disconnected.
+    pending_bans: HashMap<PeerId, Duration>,
+    replay: ReplayGuard,
+    events: broadcast::Sender<KlpEvent>,
+    commands: mpsc::Receiver<Command>,
+    discovery: Option<Discovery>,
+}
+
+impl EventLoop {
+    fn emit(&self, e: KlpEvent) {
+        let _ = self.events.send(e);
+    }
+
+    fn total_connections(&self) -> usize {
+        self.peers.values().map(|p| p.connections.len()).sum()
+    }
+
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut discovered_rx = self.discovery.as_mut().and_then(Discovery::take_receiver);
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Shutdown(reply)) => {
+                        self.shutdown();
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(c) => self.on_command(c),
+                    None => {
+                        self.shutdown();
+                        return;
+                    }
+                },
+                Some(d) = async { match discovered_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    self.on_discovered(d);
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let peers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.connections.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for p in peers {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+        if let Some(d) = self.discovery.take() {
+            d.stop();
+        }
+        info!("KLP stopped");
+    }
+
+    fn is_approved(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.approved.is_some())
+    }
+
+    fn admits(&self, peer: &PeerId) -> bool {
+        !self.cfg.handshake_required || self.is_approved(peer)
+    }
+
+    fn manifest(&self) -> Manifest {
+        let mut nonce = [0u8; 16];
+        let _ = getrandom::fill(&mut nonce);
+        Manifest {
+            node_id: self.local_id,
+            public_key: self.signing.verifying_key().to_bytes(),
+            name: self.cfg.manifest.name.clone(),
+            version: self.cfg.manifest.version.clone(),
+            profile: self.cfg.manifest.profile.clone(),
+            protocol_versions: VersionRange {
+                min: MAP_VERSION,
+                max: MAP_VERSION,
+            },
+            skills: self
+                .cfg
+                .manifest
+                .services
+                .iter()
+                .map(|(id, v)| Skill {
+                    id: id.clone(),
+                    name: id.clone(),
+                    version: v.clone(),
+                })
+                .collect(),
+            listen_addrs: self
+                .listen_addrs
+                .iter()
+                .take(16)
+                .map(ToString::to_string)
+                .collect(),
+            timestamp_ms: now_ms(),
+            nonce,
+        }
+    }
+
+    fn goodbye(&self, reason: GoodbyeReason, detail: &str) -> Vec<u8> {
+        let mut nonce = [0u8; 16];
+        let _ = getrandom::fill(&mut nonce);
+        let msg = MapMessage::Goodbye {
+            reason,
+            detail: detail.chars().take(200).collect(),
+            node_id: self.local_id,
+            timestamp_ms: now_ms(),
+            nonce,
+        };
+        seal(&msg, &self.signing).unwrap_or_default()
+    }
+
+    fn send_hello(&mut self, peer: PeerId) {
+        if self.hellos.values().any(|p| *p == peer) {
+            return;
+        }
+        match seal(&MapMessage::Hello(self.manifest()), &self.signing) {
+            Ok(bytes) => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .map
+                    .send_request(&peer, WireRequest::Map(bytes));
+                self.hellos.insert(id, peer);
+            }
+            Err(e) => warn!(error = %e, "cannot seal Hello"),
+        }
+    }
+
+    fn refuse(&mut self, peer: PeerId, reason: GoodbyeReason, by: RefusedBy) {
+        let ban = match (by, reason) {
+            (RefusedBy::Us, GoodbyeReason::NotApproved) => Some(BAN_NOT_APPROVED),
+            (
+                RefusedBy::Us,
+                GoodbyeReason::IncompatibleVersion
+                | GoodbyeReason::HandshakeTimeout
+                | GoodbyeReason::Revoked,
+            ) => None,
+            (RefusedBy::Us, _) => Some(BAN_BAD_PEER),
+            (RefusedBy::Peer, _) => None,
+        };
+        if let Some(d) = ban
+            && !self.is_approved(&peer)
+        {
+            // Blocking closes the connections at once, which would cut off our Goodbye: the
+            // ban starts when the peer has disconnected.
+            self.pending_bans.insert(peer, d);
+        }
+        let p = self.peers.entry(peer).or_default();
+        p.state = Some(HandshakeState::Refused);
+        p.last_refusal = Some(Refusal {
+            reason: reason.as_str().to_string(),
+            by,
+        });
+        p.next_redial = None;
+        info!(peer = %peer, reason = reason.as_str(), by = ?by, "MAP refused");
+        self.pending.retain(|_, (p, _)| *p != peer);
+        self.emit(KlpEvent::Refused {
+            peer: peer.to_string(),
+            reason: reason.as_str().into(),
+            by,
+        });
+    }
+
+    fn admit(&mut self, peer: PeerId, manifest: Manifest, version: u16) {
+        let addrs: Vec<Multiaddr> = manifest
+            .listen_addrs
+            .iter()
+            .filter_map(|a| Multiaddr::from_str(a).ok())
+            .collect();
+        let p = self.peers.entry(peer).or_default();
+        p.state = Some(HandshakeState::Admitted);
+        p.version = Some(version);
+        p.manifest = Some(manifest);
+        p.last_seen_ms = Some(now_ms());
+        p.last_refusal = None;
+        p.next_redial = None;
+        self.pending.retain(|_, (p, _)| *p != peer);
+        for a in addrs.into_iter().chain(
+            self.peers
+                .get(&peer)
+                .map(|p| p.identify_addrs.clone())
+                .unwrap_or_default(),
+        ) {
+            self.swarm.behaviour_mut().kad.add_address(&peer, a);
+        }
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .add_explicit_peer(&peer);
+        info!(peer = %peer, version, "MAP admitted");
+        self.emit(KlpEvent::Admitted {
+            peer: peer.to_string(),
+            version,
+        });
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let admitted = {
+                    let p = self.peers.entry(peer_id).or_default();
+                    p.connections.insert(connection_id);
+                    p.last_seen_ms = Some(now_ms());
+                    if p.state != Some(HandshakeState::Admitted) {
+                        p.state = Some(HandshakeState::Handshaking);
+                    }
+                    p.state == Some(HandshakeState::Admitted)
+                };
+                let total = self.total_connections();
+                debug!(peer = %peer_id, dialer = endpoint.is_dialer(), total, "connection established");
+                self.emit(KlpEvent::ConnectionOpened {
+                    peer: peer_id.to_string(),
+                    total,
+                });
+                if !admitted {
+                    self.pending.insert(
+                        connection_id,
+                        (peer_id, Instant::now() + self.cfg.handshake_timeout),
+                    );
+                    if matches!(endpoint, ConnectedPoint::Dialer { .. }) {
+                        self.send_hello(peer_id);
+                    }
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                self.pending.remove(&connection_id);
+                let total_before = self.total_connections();
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.connections.remove(&connection_id);
+                    if num_established == 0 {
+                        if p.state == Some(HandshakeState::Admitted)
+                            || p.state == Some(HandshakeState::Handshaking)
+                        {
+                            p.state = Some(HandshakeState::Disconnected);
+                        }
+                        p.rtt = None;
+                        if p.approved.as_ref().is_some_and(|e| !e.addrs.is_empty())
+                            && p.next_redial.is_none()
+                        {
+                            p.next_redial = Some((Instant::now() + REDIAL_MIN, REDIAL_MIN));
+                        }
+                    }
+                }
+                let total = total_before.saturating_sub(1);
+                self.emit(KlpEvent::ConnectionClosed {
+                    peer: peer_id.to_string(),
+                    total,
+                });
+                if num_established == 0 {
+                    if let Some(d) = self.pending_bans.remove(&peer_id) {
+                        self.bans.insert(peer_id, Instant::now() + d);
+                        self.swarm.behaviour_mut().blocked.block_peer(peer_id);
+                    }
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .remove_explicit_peer(&peer_id);
+                    self.emit(KlpEvent::Disconnected {
+                        peer: peer_id.to_string(),
+                    });
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                if !self.listen_addrs.contains(&address) {
+                    self.listen_addrs.push(address.clone());
+                }
+                self.emit(KlpEvent::Listening {
+                    addr: address.to_string(),
+                });
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address)
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(peer = ?peer_id, error = %error, "dial failed");
+            }
+            SwarmEvent::Behaviour(b) => self.on_behaviour(b),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Map(e) => self.on_map(e),
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                let p = self.peers.entry(peer).or_default();
+                p.rtt = Some(rtt);
+                p.last_seen_ms = Some(now_ms());
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let admitted = self
+                    .peers
+                    .get(&peer_id)
+                    .is_some_and(|p| p.state == Some(HandshakeState::Admitted));
+                let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(16).collect();
+                if admitted {
+                    for a in &addrs {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, a.clone());
+                    }
+                }
+                self.peers.entry(peer_id).or_default().identify_addrs = addrs;
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                let author_ok = message.source.is_some_and(|s| {
+                    self.peers
+                        .get(&s)
+                        .is_some_and(|p| p.state == Some(HandshakeState::Admitted))
+                });
+                let relay_ok = self
+                    .peers
+                    .get(&propagation_source)
+                    .is_some_and(|p| p.state == Some(HandshakeState::Admitted));
+                let acceptance = if author_ok && relay_ok {
+                    gossipsub::MessageAcceptance::Accept
+                } else {
+                    gossipsub::MessageAcceptance::Reject
+                };
+                let accepted = matches!(acceptance, gossipsub::MessageAcceptance::Accept);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+                if accepted && let Some(src) = message.source {
+                    self.emit(KlpEvent::Message {
+                        topic: message.topic.to_string(),
+                        from: src.to_string(),
+                        data: message.data,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_map(&mut self, ev: request_response::Event<WireRequest, WireResponse>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let WireRequest::Map(bytes) = request;
+                self.on_map_request(peer, bytes, channel);
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                self.hellos.remove(&request_id);
+                match response {
+                    WireResponse::Map(bytes) => self.on_map_response(peer, &bytes),
+                    WireResponse::Ack => {}
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if self.hellos.remove(&request_id).is_some() {
+                    debug!(peer = %peer, error = %error, "Hello failed");
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                debug!(peer = %peer, error = %error, "inbound MAP failed")
+            }
+            Event::ResponseSent { peer, .. } => {
+                if self.close_after_response.remove(&peer) {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+        }
+    }
+
+    fn on_map_request(
+        &mut self,
+        peer: PeerId,
+        bytes: Vec<u8>,
+        channel: ResponseChannel<WireResponse>,
+    ) {
+        let Some(transport) = node_id(&peer) else {
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        };
+        let msg = open(&bytes, &transport, now_ms(), &mut self.replay);
+        let response = match msg {
+            Err(e) => {
+                let reason = e.goodbye_reason();
+                warn!(peer = %peer, error = %e, "MAP message refused");
+                self.refuse(peer, reason, RefusedBy::Us);
+                self.close_after_response.insert(peer);
+                WireResponse::Map(self.goodbye(reason, &e.to_string()))
+            }
+            Ok(MapMessage::Hello(m)) => {
+                let ours = VersionRange {
+                    min: MAP_VERSION,
+                    max: MAP_VERSION,
+                };
+                match negotiate(ours, m.protocol_versions) {
+                    Err(e) => {
+                        self.refuse(peer, GoodbyeReason::IncompatibleVersion, RefusedBy::Us);
+                        self.close_after_response.insert(peer);
+                        WireResponse::Map(
+                            self.goodbye(GoodbyeReason::IncompatibleVersion, &e.to_string()),
+                        )
+                    }
+                    Ok(_) if !self.admits(&peer) => {
+                        self.refuse(peer, GoodbyeReason::NotApproved, RefusedBy::Us);
+                        self.close_after_response.insert(peer);
+                        WireResponse::Map(self.goodbye(
+                            GoodbyeReason::NotApproved,
+                            "this node does not list you in its peers.list",
+                        ))
+                    }
+                    Ok(version) => {
+                        let welcome = MapMessage::Welcome {
+                            manifest: self.manifest(),
+                            version,
+                        };
+                        match seal(&welcome, &self.signing) {
+                            Ok(b) => {
+                                self.admit(peer, m, version);
+                                WireResponse::Map(b)
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "cannot seal Welcome");
+                                WireResponse::Ack
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(MapMessage::Goodbye { reason, .. }) => {
+                self.refuse(peer, reason, RefusedBy::Peer);
+                self.close_after_response.insert(peer);
+                WireResponse::Ack
+            }
+            Ok(MapMessage::Welcome { .. }) => {
+                self.refuse(peer, GoodbyeReason::Malformed, RefusedBy::Us);
+                self.close_after_response.insert(peer);
+                WireResponse::Map(self.goodbye(GoodbyeReason::Malformed, "unexpected Welcome"))
+            }
+        };
+        if self
+            .swarm
+            .behaviour_mut()
+            .map
+            .send_response(channel, response)
+            .is_err()
+        {
+            self.close_after_response.remove(&peer);
+        }
+    }
+
+    fn on_map_response(&mut self, peer: PeerId, bytes: &[u8]) {
+        let Some(transport) = node_id(&peer) else {
+            return;
+        };
+        match open(bytes, &transport, now_ms(), &mut self.replay) {
+            Ok(MapMessage::Welcome { manifest, version }) => {
+                let ours = VersionRange {
+                    min: MAP_VERSION,
+                    max: MAP_VERSION,
+                };
+                if version < ours.min || version > ours.max {
+                    self.say_goodbye(
+                        peer,
+                        GoodbyeReason::IncompatibleVersion,
+                        "Welcome chose a version we do not speak",
+                    );
+                } else if !self.admits(&peer) {
+                    self.say_goodbye(
+                        peer,
+                        GoodbyeReason::NotApproved,
+                        "this node does not list you in its peers.list",
+                    );
+                } else {
+                    self.admit(peer, manifest, version);
+                }
+            }
+            Ok(MapMessage::Goodbye { reason, detail, .. }) => {
+                info!(peer = %peer, reason = reason.as_str(), detail = %detail, "peer said goodbye");
+                self.refuse(peer, reason, RefusedBy::Peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Ok(MapMessage::Hello(_)) => self.say_goodbye(
+                peer,
+                GoodbyeReason::Malformed,
+                "unexpected Hello in a response",
+            ),
+            Err(e) => {
+                warn!(peer = %peer, error = %e, "MAP response refused");
+                self.say_goodbye(peer, e.goodbye_reason(), &e.to_string());
+            }
+        }
+    }
+
+    /// Refuses a peer ourselves: sends a Goodbye request and disconnects when it is answered
+    /// (or at the handshake deadline).
+    fn say_goodbye(&mut self, peer: PeerId, reason: GoodbyeReason, detail: &str) {
+        self.refuse(peer, reason, RefusedBy::Us);
+        let bytes = self.goodbye(reason, detail);
+        self.swarm
+            .behaviour_mut()
+            .map
+            .send_request(&peer, WireRequest::Map(bytes));
+        let conns: Vec<ConnectionId> = self
+            .peers
+            .get(&peer)
+            .map(|p| p.connections.iter().copied().collect())
+            .unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_millis(500);
+        for c in conns {
+            self.pending.insert(c, (peer, deadline));
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        // Handshake deadline.
+        let expired: Vec<(ConnectionId, PeerId)> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, d))| *d <= now)
+            .map(|(c, (p, _))| (*c, *p))
+            .collect();
+        for (c, p) in expired {
+            self.pending.remove(&c);
+            let admitted = self
+                .peers
+                .get(&p)
+                .is_some_and(|x| x.state == Some(HandshakeState::Admitted));
+            if !admitted {
+                if self
+                    .peers
+                    .get(&p)
+                    .is_some_and(|x| x.state == Some(HandshakeState::Handshaking))
+                {
+                    self.refuse(p, GoodbyeReason::HandshakeTimeout, RefusedBy::Us);
+                }
+                self.swarm.close_connection(c);
+            }
+        }
+        // Lift expired bans.
+        let lifted: Vec<PeerId> = self
+            .bans
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in lifted {
+            self.bans.remove(&p);
+            self.swarm.behaviour_mut().blocked.unblock_peer(p);
+        }
+        // Redial listed peers with backoff.
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.connections.is_empty() && p.next_redial.is_some_and(|(t, _)| t <= now)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let addrs = self
+                .peers
+                .get(&id)
+                .and_then(|p| p.approved.as_ref())
+                .map(|e| e.addrs.clone())
+                .unwrap_or_default();
+            self.dial_peer(id, &addrs);
+            if let Some(p) = self.peers.get_mut(&id)
+                && let Some((_, backoff)) = p.next_redial
+            {
+                let next = (backoff * 2).min(REDIAL_MAX);
+                p.next_redial = Some((now + backoff, next));
+            }
+        }
+    }
+
+    fn dial_peer(&mut self, id: PeerId, addrs: &[String]) {
+        if self.bans.contains_key(&id) {
+            return;
+        }
+        let addrs: Vec<Multiaddr> = addrs
+            .iter()
+            .filter_map(|a| Multiaddr::from_str(a).ok())
+            .collect();
+        if addrs.is_empty() {
+            return;
+        }
+        let opts = DialOpts::peer_id(id).addresses(addrs).build();
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(peer = %id, error = %e, "dial not started");
+        }
+    }
+
+    fn set_approved(&mut self, entries: Vec<PeerEntry>, handshake_required: bool) {
+        self.cfg.handshake_required = handshake_required;
+        let new: HashMap<PeerId, PeerEntry> = entries
+            .into_iter()
+            .filter_map(|e| peer_id(&e.id).map(|p| (p, e)))
+            .collect();
+        // Removed peers: no longer approved.
+        let old: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.approved.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in old {
+            if !new.contains_key(&id) {
+                self.swarm.behaviour_mut().limits.remove_peer_id(&id);
+                let p = self.peers.entry(id).or_default();
+                p.approved = None;
+                p.next_redial = None;
+                let connected = !p.connections.is_empty();
+                if handshake_required && connected {
+                    info!(peer = %id, "removed from peers.list: disconnecting");
+                    self.say_goodbye(id, GoodbyeReason::Revoked, "removed from peers.list");
+                }
+            }
+        }
+        for (id, e) in new {
+            self.pending_bans.remove(&id);
+            if self.bans.remove(&id).is_some() {
+                self.swarm.behaviour_mut().blocked.unblock_peer(id);
+            }
+            self.swarm.behaviour_mut().limits.bypass_peer_id(&id);
+            let p = self.peers.entry(id).or_default();
+            let newly = p.approved.is_none();
+            let addrs = e.addrs.clone();
+            p.approved = Some(e);
+            if p.connections.is_empty() && (newly || p.state.is_none()) && !addrs.is_empty() {
+                p.next_redial = Some((Instant::now() + REDIAL_MIN, REDIAL_MIN));
+                self.dial_peer(id, &addrs);
+            } else if newly
+                && !p.connections.is_empty()
+                && p.state != Some(HandshakeState::Admitted)
+            {
+                // Connected but refused before: try again now that it is listed.
+                self.send_hello(id);
+            }
+        }
+    }
+
+    fn on_discovered(&mut self, d: Discovered) {
+        let Some(id) = peer_id(&d.id) else { return };
+        if d.id == self.local_id {
+            return;
+        }
+        let addrs: Vec<Multiaddr> = d
+            .addrs
+            .iter()
+            .filter_map(|a| Multiaddr::from_str(a).ok())
+            .collect();
+        let p = self.peers.entry(id).or_default();
+        let fresh = p.discovered_addrs != addrs;
+        p.discovered_addrs = addrs;
+        let connected = !p.connections.is_empty();
+        if fresh {
+            info!(peer = %id, addrs = ?d.addrs, "discovered by DNS-SD");
+            self.emit(KlpEvent::Discovered {
+                peer: id.to_string(),
+                addrs: d.addrs.clone(),
+            });
+        }
+        if !connected {
+            self.dial_peer(id, &d.addrs);
+        }
+    }
+
+    fn on_command(&mut self, c: Command) {
+        match c {
+            Command::ListenAddrs(tx) => {
+                let _ = tx.send(self.listen_addrs.iter().map(ToString::to_string).collect());
+            }
+            Command::Peers(tx) => {
+                let _ = tx.send(self.peer_infos());
+            }
+            Command::Dial(ma, tx) => {
+                let r = self
+                    .swarm
+                    .dial(ma)
+                    .map_err(|e| KlpError::Dial(e.to_string()));
+                let _ = tx.send(r);
+            }
+            Command::SetApproved {
+                entries,
+                handshake_required,
+                reply,
+            } => {
+                self.set_approved(entries, handshake_required);
+                let _ = reply.send(());
+            }
+            Command::Publish { topic, data, reply } => {
+                let t = if topic.is_empty() {
+                    self.topic.clone()
+                } else {
+                    gossipsub::IdentTopic::new(topic)
+                };
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(t, data)
+                    .map(|_| ())
+                    .map_err(|e| KlpError::Dial(e.to_string()));
+                let _ = reply.send(r);
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        let mut out: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .map(|(id, p)| {
+                let mut addrs: Vec<String> =
+                    p.approved.iter().flat_map(|e| e.addrs.clone()).collect();
+                addrs.extend(p.discovered_addrs.iter().map(ToString::to_string));
+                addrs.extend(p.identify_addrs.iter().map(ToString::to_string));
+                addrs.sort();
+                addrs.dedup();
+                let m = p.manifest.as_ref();
+                PeerInfo {
+                    id: id.to_string(),
+                    approved: p.approved.is_some(),
+                    label: p.approved.as_ref().and_then(|e| e.label.clone()),
+                    discovered: !p.discovered_addrs.is_empty(),
+                    connected: !p.connections.is_empty(),
+                    connections: p.connections.len(),
+                    state: p.state.unwrap_or(HandshakeState::Disconnected),
+                    protocol_version: p.version,
+                    rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    last_seen_ms: p.last_seen_ms,
+                    addrs,
+                    name: m.map(|m| m.name.clone()),
+                    profile: m.map(|m| m.profile.clone()),
+                    software_version: m.map(|m| m.version.clone()),
+                    services: m
+                        .map(|m| {
+                            m.skills
+                                .iter()
+                                .map(|s| (s.id.clone(), s.version.clone()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    last_refusal: p.last_refusal.clone(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+}

@@ -1,0 +1,67 @@
+//! A minimal HTTP/1.1 client for the CLI to ask a node on this machine (`kos peers list`,
+//! `kos testnet`). Loopback only, GET only, bounded response size, timeouts on every step.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+const MAX_RESPONSE: u64 = 8 * 1024 * 1024;
+
+/// `GET http://<addr><path>` and parse the JSON body; `Err` unless the status is 2xx.
+pub fn get_json(addr: SocketAddr, path: &str, timeout: Duration) -> Result<serde_json::Value> {
+    if !addr.ip().is_loopback() {
+        bail!("{addr} is not a loopback address");
+    }
+    let mut s = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.take(MAX_RESPONSE)
+        .read_to_end(&mut buf)
+        .context("reading the response")?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed status line")?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
+    if !(200..300).contains(&status) {
+        bail!(
+            "{path}: HTTP {status}: {}",
+            body.chars().take(300).collect::<String>()
+        );
+    }
+    serde_json::from_str(&body).with_context(|| format!("{path}: invalid JSON"))
+}
+
+fn dechunk(mut s: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = s.split_once("\r\n").context("malformed chunk")?;
+        let n = usize::from_str_radix(size.trim(), 16).context("malformed chunk size")?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..n).context("short chunk")?);
+        s = rest.get(n + 2..).context("short chunk")?;
+    }
+}
