@@ -46,7 +46,8 @@ enum Command {
     /// Manage the approved peers in klp/peers.list (a running node applies changes at once).
     #[command(subcommand)]
     Peers(PeersCommand),
-    /// Run a local multi-node federation (processes on loopback ports).
+    /// Run a local multi-node federation (processes on loopback ports). `--dir` is the
+    /// testnet directory here [default: ./kos-testnet].
     #[command(subcommand)]
     Testnet(TestnetCommand),
 }
@@ -84,22 +85,14 @@ enum TestnetCommand {
         /// Number of nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// Directory for the nodes and testnet.json.
-        #[arg(long = "dir", value_name = "DIR", default_value = "kos-testnet")]
-        testnet_dir: PathBuf,
         /// How long to wait for full admission.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: std::time::Duration,
     },
     /// Show each node of the testnet and how many peers it admitted.
-    Status {
-        #[arg(long = "dir", value_name = "DIR", default_value = "kos-testnet")]
-        testnet_dir: PathBuf,
-    },
+    Status,
     /// Stop the processes `up` started.
     Down {
-        #[arg(long = "dir", value_name = "DIR", default_value = "kos-testnet")]
-        testnet_dir: PathBuf,
         /// Also delete the node directories.
         #[arg(long)]
         clean: bool,
@@ -181,6 +174,10 @@ pub fn default_home() -> PathBuf {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let dir = cli.dir.clone().unwrap_or_else(default_home);
+    let testnet_dir = cli
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("kos-testnet"));
     match cli.command {
         Command::Run(args) => exit(run(&dir, args)),
         Command::Init(args) => exit(init(&dir, args.profile)),
@@ -196,15 +193,11 @@ pub fn main() -> ExitCode {
             exit(peers_add(&dir, &id, addrs, label))
         }
         Command::Peers(PeersCommand::Remove { id }) => exit(peers_remove(&dir, &id)),
-        Command::Testnet(TestnetCommand::Up {
-            nodes,
-            testnet_dir,
-            timeout,
-        }) => exit(crate::testnet::up(&testnet_dir, nodes, timeout)),
-        Command::Testnet(TestnetCommand::Status { testnet_dir }) => {
-            exit(crate::testnet::status(&testnet_dir))
+        Command::Testnet(TestnetCommand::Up { nodes, timeout }) => {
+            exit(crate::testnet::up(&testnet_dir, nodes, timeout))
         }
-        Command::Testnet(TestnetCommand::Down { testnet_dir, clean }) => {
+        Command::Testnet(TestnetCommand::Status) => exit(crate::testnet::status(&testnet_dir)),
+        Command::Testnet(TestnetCommand::Down { clean }) => {
             exit(crate::testnet::down(&testnet_dir, clean))
         }
     }
@@ -579,4 +572,14 @@ fn peers_remove(dir: &Path, id: &str) -> Result<()> {
     write_peers(dir, &new)?;
     println!("removed {node}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

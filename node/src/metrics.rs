@@ -104,6 +104,26 @@ impl Metrics {
             "Unix time the node started",
             start_time.clone(),
         );
+        registry.register(
+            "klp_connections",
+            "Open KLP connections",
+            klp_connections.clone(),
+        );
+        registry.register(
+            "klp_handshakes",
+            "MAP handshakes by outcome (admitted, refused_by_us:<reason>, refused_by_peer:<reason>)",
+            klp_handshakes.clone(),
+        );
+        registry.register(
+            "klp_discovery_events",
+            "Peers found by DNS-SD",
+            klp_discovery_events.clone(),
+        );
+        registry.register(
+            "peers_list_reloads",
+            "peers.list changes picked up, by outcome",
+            peers_list_reloads.clone(),
+        );
         Self {
             registry,
             http_requests,
