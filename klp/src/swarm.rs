@@ -1080,8 +1080,10 @@ impl EventLoop {
 
     fn set_approved(&mut self, entries: Vec<PeerEntry>, handshake_required: bool) {
         self.cfg.handshake_required = handshake_required;
+        // A shared peers.list usually lists this node too; it is not its own peer.
         let new: HashMap<PeerId, PeerEntry> = entries
             .into_iter()
+            .filter(|e| e.id != self.local_id)
             .filter_map(|e| peer_id(&e.id).map(|p| (p, e)))
             .collect();
         // Removed peers: no longer approved.
