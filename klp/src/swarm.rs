@@ -34,6 +34,8 @@ const COMMAND_QUEUE: usize = 64;
 const EVENT_QUEUE: usize = 1024;
 const BAN_BAD_PEER: Duration = Duration::from_secs(60);
 const BAN_NOT_APPROVED: Duration = Duration::from_secs(10);
+/// How long a refused connection stays open so that our Goodbye can be read.
+const LINGER: Duration = Duration::from_millis(500);
 const REDIAL_MIN: Duration = Duration::from_secs(1);
 const REDIAL_MAX: Duration = Duration::from_secs(60);
 
@@ -604,7 +606,8 @@ impl EventLoop {
         });
         p.next_redial = None;
         info!(peer = %peer, reason = reason.as_str(), by = ?by, "MAP refused");
-        self.pending.retain(|_, (p, _)| *p != peer);
+        // Safety net: whatever happens to our Goodbye, a refused peer's connections close.
+        self.close_soon(peer);
         self.emit(KlpEvent::Refused {
             peer: peer.to_string(),
             reason: reason.as_str().into(),
@@ -849,7 +852,9 @@ impl EventLoop {
             }
             Event::ResponseSent { peer, .. } => {
                 if self.close_after_response.remove(&peer) {
-                    let _ = self.swarm.disconnect_peer_id(peer);
+                    // "Sent" means written, not read: closing at once can cut the Goodbye off.
+                    // Linger briefly; the deadline sweep closes the connections.
+                    self.close_soon(peer);
                 }
             }
         }
@@ -987,12 +992,17 @@ impl EventLoop {
             .behaviour_mut()
             .map
             .send_request(&peer, WireRequest::Map(bytes));
+        self.close_soon(peer);
+    }
+
+    /// Closes the peer's connections after a short linger (so a last message can be read).
+    fn close_soon(&mut self, peer: PeerId) {
         let conns: Vec<ConnectionId> = self
             .peers
             .get(&peer)
             .map(|p| p.connections.iter().copied().collect())
             .unwrap_or_default();
-        let deadline = Instant::now() + Duration::from_millis(500);
+        let deadline = Instant::now() + LINGER;
         for c in conns {
             self.pending.insert(c, (peer, deadline));
         }
