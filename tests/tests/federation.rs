@@ -1,0 +1,257 @@
+//! Nodes with KLP, in-process on 127.0.0.1: the peers API, peers.list hot reload, metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kos_config::{LoadOptions, ProfileKind};
+use kos_node::daemon::{NodeOptions, RunningNode, capabilities, start};
+use kos_tests::free_port;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+struct FedNode {
+    node: RunningNode,
+    dir: tempfile::TempDir,
+    base: String,
+    id: String,
+    p2p: String,
+}
+
+/// Lays out a federation_node on SQLite with KLP on a chosen loopback port.
+fn layout(name: &str) -> (tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    kos_config::layout::init_layout(dir.path(), ProfileKind::FederationNode).unwrap();
+    let (identity, _) = kos_node::identity::Identity::load_or_create(dir.path()).unwrap();
+    let p2p = format!("/ip4/127.0.0.1/tcp/{}", free_port().unwrap());
+    std::fs::write(
+        dir.path().join("system.env"),
+        format!(
+            "KOS_PROFILE=federation_node\nKOS_STORAGE__DATABASE=sqlite\nKOS_NODE__NAME={name}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("klp/klp_settings.yaml"),
+        format!("enabled: true\nhandshake_required: true\npeer_discovery: none\nlisten: [{p2p}]\nhandshake_timeout: 2s\n"),
+    )
+    .unwrap();
+    (dir, identity.id().to_string(), p2p)
+}
+
+async fn boot(dir: tempfile::TempDir, id: String, p2p: String) -> FedNode {
+    let node = start(NodeOptions {
+        dir: dir.path().to_path_buf(),
+        load: LoadOptions {
+            env: BTreeMap::new(),
+            capabilities: capabilities(),
+            profile: None,
+        },
+        create_if_missing: false,
+        listen_override: Some("127.0.0.1:0".parse().unwrap()),
+        log_reloader: None,
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", node.addr);
+    FedNode {
+        node,
+        dir,
+        base,
+        id,
+        p2p,
+    }
+}
+
+async fn get(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+fn admitted_ids(peers: &Value) -> Vec<String> {
+    let mut v: Vec<String> = peers["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"] == "admitted" && p["connected"] == true)
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+async fn wait_until(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_federate_and_peers_list_edits_apply_while_running() {
+    let laid: Vec<_> = (1..=3).map(|i| layout(&format!("node-{i}"))).collect();
+    let list: String = laid
+        .iter()
+        .enumerate()
+        .map(|(i, (_, id, p2p))| format!("{id} {p2p} # node-{}\n", i + 1))
+        .collect();
+    for (dir, _, _) in &laid {
+        std::fs::write(dir.path().join("klp/peers.list"), &list).unwrap();
+    }
+    let mut nodes = Vec::new();
+    for (dir, id, p2p) in laid {
+        nodes.push(boot(dir, id, p2p).await);
+    }
+    for n in &nodes {
+        let url = format!("{}/api/peers", n.base);
+        let others: Vec<String> = {
+            let mut o: Vec<String> = nodes
+                .iter()
+                .filter(|m| m.id != n.id)
+                .map(|m| m.id.clone())
+                .collect();
+            o.sort();
+            o
+        };
+        wait_until("full admission", Duration::from_secs(20), async || {
+            admitted_ids(&get(&url).await) == others
+        })
+        .await;
+    }
+
+    let a = &nodes[0];
+    let peers = get(&format!("{}/api/peers", a.base)).await;
+    assert_eq!(peers["enabled"], true);
+    assert_eq!(peers["local_id"], a.id.as_str());
+    assert_eq!(peers["listen"], json!([a.p2p]));
+    let one: Value = get(&format!("{}/api/peers/{}", a.base, nodes[1].id)).await;
+    assert_eq!(one["state"], "admitted");
+    assert_eq!(one["protocol_version"], 1);
+    assert_eq!(one["name"], "node-2");
+    assert_eq!(one["label"], "node-2");
+    assert!(one["last_seen_ms"].as_u64().unwrap() > 0);
+    assert_eq!(
+        reqwest::get(format!("{}/api/peers/nonsense", a.base))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+    let unknown = kos_node::identity::Identity::generate().unwrap().id();
+    assert_eq!(
+        reqwest::get(format!("{}/api/peers/{unknown}", a.base))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/api/peers/dial", a.base))
+        .json(&json!({"addr": "not a multiaddr"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+
+    let metrics = reqwest::get(format!("{}/metrics", a.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kos_klp_handshakes_total{outcome=\"admitted\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kos_klp_connections "), "{metrics}");
+
+    // Remove node 3 from node 1's peers.list by hand: node 1 disconnects it, without a restart.
+    let path = a.dir.path().join("klp/peers.list");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.starts_with(&nodes[2].id))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&path, kept).unwrap();
+    let url3 = format!("{}/api/peers/{}", a.base, nodes[2].id);
+    wait_until(
+        "node 3 disconnected from node 1",
+        Duration::from_secs(10),
+        async || {
+            let p = get(&url3).await;
+            p["connected"] == false && p["approved"] == false
+        },
+    )
+    .await;
+    // A broken edit is refused and the running list kept.
+    std::fs::write(&path, "this is not a peer id\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        get(&format!("{}/api/peers/{}", a.base, nodes[1].id)).await["state"],
+        "admitted"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", a.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kos_peers_list_reloads_total{outcome=\"invalid\"} 1"),
+        "{metrics}"
+    );
+
+    for n in nodes {
+        n.node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn standalone_has_no_swarm() {
+    let dir = tempfile::tempdir().unwrap();
+    kos_config::layout::init_layout(dir.path(), ProfileKind::Standalone).unwrap();
+    let n = boot(dir, String::new(), String::new()).await;
+    let peers = get(&format!("{}/api/peers", n.base)).await;
+    assert_eq!(peers, json!({"enabled": false, "peers": []}));
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/peers/dial", n.base))
+        .json(&json!({"addr": "/ip4/127.0.0.1/tcp/1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert!(n.node.state.klp.is_none());
+    n.node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_invalid_peers_list_stops_start_before_any_port_is_bound() {
+    let (dir, id, p2p) = layout("bad");
+    std::fs::write(
+        dir.path().join("klp/peers.list"),
+        "# ok\n12D3KooWnot-a-real-id /ip4/127.0.0.1/tcp/1\n",
+    )
+    .unwrap();
+    let err = start(NodeOptions {
+        dir: dir.path().to_path_buf(),
+        load: LoadOptions {
+            env: BTreeMap::new(),
+            capabilities: capabilities(),
+            profile: None,
+        },
+        create_if_missing: false,
+        listen_override: Some("127.0.0.1:0".parse().unwrap()),
+        log_reloader: None,
+    })
+    .await
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("klp/peers.list:2:"), "{msg}");
+    // The KLP port was never bound.
+    let port: u16 = p2p.rsplit('/').next().unwrap().parse().unwrap();
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("port still free");
+    drop(id);
+}
