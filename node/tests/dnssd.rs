@@ -194,6 +194,33 @@ impl NetPair {
             run_ip(&["-n", ns, "link", "set", "lo", "up"])?;
             run_ip(&["-n", ns, "link", "set", veth, "up"])?;
         }
+        // Wait for the carrier: mdns-sd uses only interfaces that are operationally up and
+        // looks again only every 5 s, so a node started before the link is up would measure
+        // that interval, not discovery.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for i in 0..2 {
+            loop {
+                let o = Command::new("ip")
+                    .args([
+                        "-n",
+                        &pair.ns[i],
+                        "-o",
+                        "link",
+                        "show",
+                        "dev",
+                        &pair.veth[i],
+                    ])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                if String::from_utf8_lossy(&o.stdout).contains("state UP") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("{} is not up after 10 s", pair.veth[i]));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         Ok(pair)
     }
 }
