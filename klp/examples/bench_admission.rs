@@ -13,8 +13,33 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kos_klp::{Klp, KlpConfig, KlpEvent, ManifestInfo, NodeId, PeerEntry};
+use kos_klp::{MAP_PROTOCOL, WireRequest, WireResponse};
+use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{SwarmEvent, dummy};
-use libp2p::{Multiaddr, identity, noise, tcp, yamux};
+use libp2p::{Multiaddr, StreamProtocol, identity, noise, tcp, yamux};
+
+type Rr = request_response::cbor::Behaviour<WireRequest, WireResponse>;
+
+fn rr_swarm(n: u32) -> libp2p::Swarm<Rr> {
+    let kp = identity::Keypair::ed25519_from_bytes(seed(n)).expect("key");
+    libp2p::SwarmBuilder::with_existing_identity(kp)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| {
+            request_response::cbor::Behaviour::new(
+                [(StreamProtocol::new(MAP_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default(),
+            )
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
 
 fn seed(n: u32) -> [u8; 32] {
     let mut s = [7u8; 32];
@@ -92,6 +117,47 @@ async fn main() {
         raw.push(t.elapsed());
     }
 
+    // Raw libp2p connect + one request-response round trip of MAP size (~400 bytes each way).
+    let mut rr_listener = rr_swarm(2);
+    rr_listener
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+        .expect("listen");
+    let rr_addr: Multiaddr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = rr_listener.select_next_some().await {
+            break address;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            }) = rr_listener.select_next_some().await
+            {
+                let _ = rr_listener
+                    .behaviour_mut()
+                    .send_response(channel, WireResponse::Map(vec![1; 400]));
+            }
+        }
+    });
+    let mut rr = Vec::new();
+    for i in 0..rounds {
+        let mut d = rr_swarm(3000 + i);
+        let t = Instant::now();
+        d.dial(rr_addr.clone()).expect("dial");
+        loop {
+            match d.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    d.behaviour_mut()
+                        .send_request(&peer_id, WireRequest::Map(vec![2; 400]));
+                }
+                SwarmEvent::Behaviour(request_response::Event::Message { .. }) => break,
+                _ => {}
+            }
+        }
+        rr.push(t.elapsed());
+    }
+
     // kOS: connect + MAP admission.
     let (server, _t) = Klp::start(cfg(2)).await.expect("start");
     let saddr = format!(
@@ -101,6 +167,7 @@ async fn main() {
     );
     let mut approved: Vec<PeerEntry> = Vec::new();
     let mut kos = Vec::new();
+    let mut kos_connect = Vec::new();
     for i in 0..rounds {
         let n = 5000 + i;
         approved.push(PeerEntry {
@@ -126,6 +193,7 @@ async fn main() {
         d.dial(&saddr).await.expect("dial");
         loop {
             match ev.recv().await.expect("events") {
+                KlpEvent::ConnectionOpened { .. } => kos_connect.push(t.elapsed()),
                 KlpEvent::Admitted { .. } => break,
                 KlpEvent::Refused { reason, .. } => panic!("refused: {reason}"),
                 _ => {}
@@ -154,5 +222,22 @@ async fn main() {
         "| ratio kOS / raw | | {:.2}× | {:.2}× |",
         ms(k50) / ms(r50),
         ms(k99) / ms(r99)
+    );
+    let (q50, q99) = (pct(&mut rr, 0.5), pct(&mut rr, 0.99));
+    println!(
+        "| raw libp2p connect + one request-response round trip | {rounds} | {:.2} ms | {:.2} ms |",
+        ms(q50),
+        ms(q99)
+    );
+    println!(
+        "| ratio kOS / (raw connect + one round trip) | | {:.2}× | {:.2}× |",
+        ms(k50) / ms(q50),
+        ms(k99) / ms(q99)
+    );
+    let (c50, c99) = (pct(&mut kos_connect, 0.5), pct(&mut kos_connect, 0.99));
+    println!(
+        "| of which: kOS connection established (before MAP) | {rounds} | {:.2} ms | {:.2} ms |",
+        ms(c50),
+        ms(c99)
     );
 }
