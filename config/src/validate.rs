@@ -346,6 +346,16 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
     if klp.max_connections == 0 {
         cx.error("federation.klp.max_connections", "must be at least 1");
     }
+    if klp.enabled
+        && klp.peer_discovery == PeerDiscovery::DnsSd
+        && !klp.listen.is_empty()
+        && !klp.listen.iter().any(|a| a.contains("/tcp/"))
+    {
+        cx.error(
+            "federation.klp.peer_discovery",
+            "DNS-SD advertises a TCP port: add a TCP listen address (e.g. /ip4/0.0.0.0/tcp/4001)",
+        );
+    }
     if klp.enabled && klp.listen.is_empty() {
         cx.error(
             "federation.klp.listen",

@@ -41,6 +41,8 @@ impl Discovery {
     /// Registers this node and starts browsing. `interfaces`: names to use (empty: all).
     pub fn start(id: &NodeId, port: u16, interfaces: &[String]) -> Result<Self, String> {
         let daemon = ServiceDaemon::new().map_err(|e| e.to_string())?;
+        // Notice interfaces that come up after start within a second, not the default five.
+        daemon.set_ip_check_interval(1).map_err(|e| e.to_string())?;
         if !interfaces.is_empty() {
             daemon
                 .disable_interface(IfKind::All)

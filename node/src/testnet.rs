@@ -158,34 +158,48 @@ pub fn up(dir: &Path, n: usize, timeout: Duration) -> Result<()> {
         )?;
     }
 
-    // Start them.
-    for x in &mut nodes {
-        let log = fs::File::create(x.dir.join("kos.log"))?;
-        let mut cmd = Command::new(&exe);
-        cmd.args(["--dir", &x.dir.to_string_lossy(), "run"])
-            .env_remove("KOS_PROFILE")
-            .env_remove("KOS_HOME")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            // Own process group: Ctrl-C on the terminal that ran `up` does not stop them.
-            cmd.process_group(0);
+    // Start them, recording each in testnet.json at once so that `down` can always stop
+    // whatever was started.
+    let mut state = Testnet { nodes };
+    for i in 0..state.nodes.len() {
+        let x = &state.nodes[i];
+        let started = (|| -> Result<u32> {
+            let log = fs::File::create(x.dir.join("kos.log"))?;
+            let mut cmd = Command::new(&exe);
+            cmd.args(["--dir", &x.dir.to_string_lossy(), "run"])
+                .env_remove("KOS_PROFILE")
+                .env_remove("KOS_HOME")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log);
+            #[cfg(unix)]
+            {
+                use std::os::unix::process::CommandExt;
+                // Own process group: Ctrl-C on the terminal that ran `up` does not stop them.
+                cmd.process_group(0);
+            }
+            Ok(cmd
+                .spawn()
+                .with_context(|| format!("starting {}", x.name))?
+                .id())
+        })();
+        match started {
+            Ok(pid) => {
+                state.nodes[i].pid = pid;
+                atomic_write(
+                    &dir.join(STATE_FILE),
+                    &serde_json::to_vec_pretty(&state)?,
+                    None,
+                    &mut |_| {},
+                )?;
+            }
+            Err(e) => {
+                let _ = down(&dir, false);
+                return Err(e);
+            }
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", x.name))?;
-        x.pid = child.id();
     }
-    let state = Testnet { nodes };
-    atomic_write(
-        &dir.join(STATE_FILE),
-        &serde_json::to_vec_pretty(&state)?,
-        None,
-        &mut |_| {},
-    )?;
+    let state = state;
 
     // Wait for full admission.
     let deadline = Instant::now() + timeout;
