@@ -1190,3 +1190,16 @@ fn fresh_federation_node_has_no_override_warnings() {
         "{w:#?}"
     );
 }
+
+#[test]
+fn dns_sd_needs_a_tcp_listener() {
+    let dir = init(ProfileKind::FederationNode);
+    write(
+        dir.path(),
+        "klp/klp_settings.yaml",
+        "enabled: true\npeer_discovery: dns_sd\nlisten: [/ip4/0.0.0.0/udp/4001/quic-v1]\n",
+    );
+    let e = errors(&load(dir.path(), &opts(pg())).unwrap_err());
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].starts_with("klp/klp_settings.yaml:2:17: federation.klp.peer_discovery: DNS-SD advertises a TCP port"), "{e:#?}");
+}

@@ -34,28 +34,50 @@ fn full_swarm(n: u32) -> libp2p::Swarm<Full> {
     let kp = identity::Keypair::ed25519_from_bytes(seed(n)).expect("key");
     let mut s = libp2p::SwarmBuilder::with_existing_identity(kp)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .expect("tcp")
         .with_behaviour(|key| {
             let local = key.public().to_peer_id();
-            let gcfg = libp2p::gossipsub::ConfigBuilder::default().validation_mode(libp2p::gossipsub::ValidationMode::Strict).build().expect("gossip");
+            let gcfg = libp2p::gossipsub::ConfigBuilder::default()
+                .validation_mode(libp2p::gossipsub::ValidationMode::Strict)
+                .build()
+                .expect("gossip");
             Full {
-                identify: libp2p::identify::Behaviour::new(libp2p::identify::Config::new("/kos/klp/1.0.0".into(), key.public())),
+                identify: libp2p::identify::Behaviour::new(libp2p::identify::Config::new(
+                    "/kos/klp/1.0.0".into(),
+                    key.public(),
+                )),
                 ping: libp2p::ping::Behaviour::default(),
-                gossipsub: libp2p::gossipsub::Behaviour::new(libp2p::gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg).expect("gossip"),
+                gossipsub: libp2p::gossipsub::Behaviour::new(
+                    libp2p::gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gcfg,
+                )
+                .expect("gossip"),
                 kad: libp2p::kad::Behaviour::with_config(
                     local,
                     libp2p::kad::store::MemoryStore::new(local),
                     libp2p::kad::Config::new(StreamProtocol::new("/kos/bench/kad/1.0.0")),
                 ),
-                rr: request_response::cbor::Behaviour::new([(StreamProtocol::new(MAP_PROTOCOL), ProtocolSupport::Full)], request_response::Config::default()),
+                rr: request_response::cbor::Behaviour::new(
+                    [(StreamProtocol::new(MAP_PROTOCOL), ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                ),
             }
         })
         .expect("behaviour")
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
-    s.behaviour_mut().kad.set_mode(Some(libp2p::kad::Mode::Server));
-    let _ = s.behaviour_mut().gossipsub.subscribe(&libp2p::gossipsub::IdentTopic::new("/kos/bench/events/1"));
+    s.behaviour_mut()
+        .kad
+        .set_mode(Some(libp2p::kad::Mode::Server));
+    let _ = s
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&libp2p::gossipsub::IdentTopic::new("/kos/bench/events/1"));
     s
 }
 
@@ -199,7 +221,8 @@ async fn main() {
 
     // The same protocol suite as kOS (identify, ping, gossipsub, kademlia) + one round trip.
     let mut fl = full_swarm(4);
-    fl.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr")).expect("listen");
+    fl.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+        .expect("listen");
     let fl_addr: Multiaddr = loop {
         if let SwarmEvent::NewListenAddr { address, .. } = fl.select_next_some().await {
             break address;
@@ -212,7 +235,10 @@ async fn main() {
                 ..
             })) = fl.select_next_some().await
             {
-                let _ = fl.behaviour_mut().rr.send_response(channel, WireResponse::Map(vec![1; 400]));
+                let _ = fl
+                    .behaviour_mut()
+                    .rr
+                    .send_response(channel, WireResponse::Map(vec![1; 400]));
             }
         }
     });
@@ -224,9 +250,13 @@ async fn main() {
         loop {
             match d.select_next_some().await {
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                    d.behaviour_mut().rr.send_request(&peer_id, WireRequest::Map(vec![2; 400]));
+                    d.behaviour_mut()
+                        .rr
+                        .send_request(&peer_id, WireRequest::Map(vec![2; 400]));
                 }
-                SwarmEvent::Behaviour(FullEvent::Rr(request_response::Event::Message { .. })) => break,
+                SwarmEvent::Behaviour(FullEvent::Rr(request_response::Event::Message {
+                    ..
+                })) => break,
                 _ => {}
             }
         }
@@ -310,7 +340,11 @@ async fn main() {
         ms(k99) / ms(q99)
     );
     let (f50, f99) = (pct(&mut full, 0.5), pct(&mut full, 0.99));
-    println!("| raw libp2p with kOS's protocol suite + one round trip | {rounds} | {:.2} ms | {:.2} ms |", ms(f50), ms(f99));
+    println!(
+        "| raw libp2p with kOS's protocol suite + one round trip | {rounds} | {:.2} ms | {:.2} ms |",
+        ms(f50),
+        ms(f99)
+    );
     let (c50, c99) = (pct(&mut kos_connect, 0.5), pct(&mut kos_connect, 0.99));
     println!(
         "| of which: kOS connection established (before MAP) | {rounds} | {:.2} ms | {:.2} ms |",

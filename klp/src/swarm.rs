@@ -375,13 +375,14 @@ fn build_behaviour(
         .validate_messages()
         .max_transmit_size(256 * 1024)
         .message_id_fn(|m: &gossipsub::Message| {
-            use std::hash::{DefaultHasher, Hash, Hasher};
-            // Content-addressed: the same bytes from the same author are one message.
-            let mut h = DefaultHasher::new();
-            m.data.hash(&mut h);
-            m.source.hash(&mut h);
-            m.topic.hash(&mut h);
-            gossipsub::MessageId::from(h.finish().to_be_bytes().to_vec())
+            use sha2::{Digest, Sha256};
+            // Content-addressed: the same bytes from the same author on the same topic are one
+            // message. SHA-256, so no one can craft a collision to suppress another's message.
+            let mut h = Sha256::new();
+            h.update(m.source.map(|p| p.to_bytes()).unwrap_or_default());
+            h.update(m.topic.as_str().as_bytes());
+            h.update(&m.data);
+            gossipsub::MessageId::from(h.finalize().to_vec())
         })
         .build()?;
     let gossipsub = gossipsub::Behaviour::new(

@@ -375,3 +375,68 @@ fn help_lists_commands() {
         assert!(stdout(&out).contains(c));
     }
 }
+
+#[test]
+fn validate_checks_peers_list_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    assert!(
+        kos(
+            tmp.path(),
+            &["init", "--profile", "federation_node", "--dir", d]
+        )
+        .status
+        .success()
+    );
+    std::fs::write(
+        tmp.path().join("system.env"),
+        "KOS_PROFILE=federation_node\nKOS_STORAGE__DATABASE=sqlite\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("klp/peers.list"),
+        "# ok\nnot-a-peer /ip4/1.2.3.4/tcp/1\n",
+    )
+    .unwrap();
+    let out = kos(tmp.path(), &["config", "validate", d]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("klp/peers.list:2:1: `not-a-peer` is not a kOS peer id"),
+        "{}",
+        stderr(&out)
+    );
+    // `kos peers add` validates what it writes and keeps the other lines.
+    std::fs::write(tmp.path().join("klp/peers.list"), "# keep\n").unwrap();
+    let id = "12D3KooWRawPbxPtP1eZaJpumGnyWX2DcUyd3RQnydr3eAto4Az7";
+    let out = kos(
+        tmp.path(),
+        &[
+            "peers",
+            "add",
+            id,
+            "--addr",
+            "/ip4/127.0.0.1/tcp/9",
+            "--label",
+            "seven",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("klp/peers.list")).unwrap(),
+        format!("# keep\n{id} /ip4/127.0.0.1/tcp/9 # seven\n")
+    );
+    let out = kos(
+        tmp.path(),
+        &["peers", "add", id, "--addr", "/ip4/999.1.1.1/tcp/9"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let out = kos(tmp.path(), &["peers", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["node_running"], false);
+    assert_eq!(v["peers"][0]["label"], "seven");
+    assert!(kos(tmp.path(), &["peers", "remove", id]).status.success());
+    assert_eq!(
+        kos(tmp.path(), &["peers", "remove", id]).status.code(),
+        Some(1)
+    );
+}
