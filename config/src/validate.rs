@@ -356,8 +356,10 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
             "DNS-SD advertises a TCP port: add a TCP listen address (e.g. /ip4/0.0.0.0/tcp/4001)",
         );
     }
-    if klp.enabled && klp.listen.is_empty() {
-        cx.error(
+    // (On standalone, enabling KLP is already the error; do not pile on.)
+    if klp.enabled && klp.listen.is_empty() && kind != ProfileKind::Standalone {
+        cx.error_at(
+            "federation.klp.enabled",
             "federation.klp.listen",
             "KLP needs at least one listen address (e.g. /ip4/0.0.0.0/tcp/4001)",
         );

@@ -1203,3 +1203,18 @@ fn dns_sd_needs_a_tcp_listener() {
     assert_eq!(e.len(), 1, "{e:#?}");
     assert!(e[0].starts_with("klp/klp_settings.yaml:2:17: federation.klp.peer_discovery: DNS-SD advertises a TCP port"), "{e:#?}");
 }
+
+#[test]
+fn klp_needs_a_listen_address() {
+    let dir = init(ProfileKind::FederationNode);
+    write(
+        dir.path(),
+        "klp/klp_settings.yaml",
+        "enabled: true\nlisten: []\n",
+    );
+    let e = errors(&load(dir.path(), &opts(pg())).unwrap_err());
+    assert_eq!(
+        e,
+        vec!["klp/klp_settings.yaml:1:10: federation.klp.listen: KLP needs at least one listen address (e.g. /ip4/0.0.0.0/tcp/4001)".to_string()]
+    );
+}
