@@ -3,6 +3,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::model::{Reload, section_reload};
+
 /// One difference. `from`/`to` are absent for added/removed paths.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Change {
@@ -72,6 +74,26 @@ fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
             to: Some(b.clone()),
         }),
     }
+}
+
+/// The top-level sections that the changes touch, split into those that take effect at
+/// once and those that need a restart (each sorted, without repeats).
+pub fn split_sections(changes: &[Change]) -> (Vec<String>, Vec<String>) {
+    let mut sections: Vec<String> = changes
+        .iter()
+        .map(|c| {
+            c.path
+                .split(['.', '['])
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    sections.sort();
+    sections.dedup();
+    sections
+        .into_iter()
+        .partition(|s| section_reload(s) == Reload::Live)
 }
 
 /// Renders changes as lines for a terminal: `~ path: old -> new`, `+ path: new`, `- path: old`.

@@ -26,9 +26,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::diag::Diagnostics;
-use crate::diff::{Change, diff_json};
+use crate::diff::{Change, diff_json, split_sections};
 use crate::load::{ConfigDir, LoadOptions, Loaded};
-use crate::model::{Config, Reload, section_reload};
+use crate::model::Config;
 
 /// Content address of an effective configuration: 64 lowercase hex digits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -472,15 +472,7 @@ impl Store {
         let new_effective: serde_json::Value =
             serde_json::from_str(&candidate.canonical).unwrap_or(serde_json::Value::Null);
         let changes = diff_json(&old_effective, &new_effective);
-        let mut sections: Vec<String> = changes
-            .iter()
-            .map(|c| c.path.split(['.', '[']).next().unwrap_or("").to_string())
-            .collect();
-        sections.sort();
-        sections.dedup();
-        let (live, restart_required): (Vec<String>, Vec<String>) = sections
-            .into_iter()
-            .partition(|s| section_reload(s) == Reload::Live);
+        let (live, restart_required) = split_sections(&changes);
 
         let head = self.head()?;
         if current_id.as_ref() == Some(&candidate.snapshot_id)

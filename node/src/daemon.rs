@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use kos_config::model::{Reload, section_reload};
 use kos_config::snapshot::Action;
 use kos_config::{ConfigDir, LoadOptions, Loaded, ProfileKind, Store};
 use tokio::sync::{Mutex, watch};
@@ -105,23 +104,10 @@ impl NodeState {
     /// Top-level sections whose running value differs from the current configuration and
     /// that only take effect after a restart.
     pub fn pending_restart(&self) -> Vec<String> {
-        let cur = self.config();
         let a: serde_json::Value = serde_json::from_str(&self.boot.canonical).unwrap_or_default();
-        let b: serde_json::Value = serde_json::from_str(&cur.canonical).unwrap_or_default();
-        let mut sections: Vec<String> = kos_config::diff::diff_json(&a, &b)
-            .into_iter()
-            .map(|c| {
-                c.path
-                    .split(['.', '['])
-                    .next()
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .filter(|s| section_reload(s) == Reload::Restart)
-            .collect();
-        sections.sort();
-        sections.dedup();
-        sections
+        let b: serde_json::Value =
+            serde_json::from_str(&self.config().canonical).unwrap_or_default();
+        kos_config::diff::split_sections(&kos_config::diff::diff_json(&a, &b)).1
     }
 
     /// Makes a new configuration the current one and applies its live sections.
@@ -155,6 +141,11 @@ impl NodeState {
         if let Err(err) = self.db.append(&e).await {
             error!(error = %err, kind, "cannot record node event");
         }
+    }
+
+    /// Records an event caused by an API request.
+    pub async fn record_api(&self, kind: &str, detail: serde_json::Value) {
+        self.record(kind, "api", None, detail).await;
     }
 
     /// Re-reads the configuration from disk (SIGHUP). An invalid configuration is reported

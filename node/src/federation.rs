@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use kos_config::Loaded;
 use kos_config::load::PEERS_LIST;
 use kos_klp::{DiscoveryConfig, Klp, KlpConfig, KlpEvent, ManifestInfo, PeerEntry};
@@ -71,16 +71,6 @@ pub fn klp_config(loaded: &Loaded, identity: &Identity, approved: Vec<PeerEntry>
     cfg.handshake_timeout = k.handshake_timeout.get();
     cfg.max_connections = k.max_connections;
     cfg
-}
-
-/// Starts the swarm. Called after the configuration and peers.list validated, before the API
-/// is bound.
-pub async fn start(loaded: &Loaded, identity: &Identity, dir: &Path) -> Result<Klp> {
-    let approved = read_peers_list(dir)
-        .map_err(|e| anyhow::anyhow!("invalid {PEERS_LIST}:\n{}", e.join("\n")))?;
-    let cfg = klp_config(loaded, identity, approved);
-    let (klp, _task) = Klp::start(cfg).await.context("starting KLP")?;
-    Ok(klp)
 }
 
 fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {

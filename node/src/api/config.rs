@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use super::problem::Problem;
 use super::{AppState, JsonBody, TextBody, blocking};
 use crate::daemon::{Change, apply_document};
-use crate::store::EventLog;
 
 fn etag(id: &SnapshotId) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{id}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
@@ -40,23 +39,6 @@ pub async fn profile(State(state): State<AppState>) -> Response {
     resp
 }
 
-fn sections_of(changes: &[kos_config::diff::Change]) -> (Vec<String>, Vec<String>) {
-    let mut s: Vec<String> = changes
-        .iter()
-        .map(|c| {
-            c.path
-                .split(['.', '['])
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect();
-    s.sort();
-    s.dedup();
-    s.into_iter()
-        .partition(|s| kos_config::model::section_reload(s) == kos_config::model::Reload::Live)
-}
-
 /// `PUT /api/config/validate`: validates a document as the new active profile.
 pub async fn validate(
     State(state): State<AppState>,
@@ -71,7 +53,7 @@ pub async fn validate(
         Err(d) => Err(Problem::invalid_config(&d)),
         Ok(l) => {
             let changes = diff_json(&effective(&cur), &effective(&l));
-            let (live, restart) = sections_of(&changes);
+            let (live, restart) = kos_config::diff::split_sections(&changes);
             Ok(super::json(
                 StatusCode::OK,
                 json!({
@@ -329,17 +311,4 @@ pub async fn history(
     entries.reverse();
     entries.truncate(limit);
     Ok(super::json(StatusCode::OK, json!({"entries": entries})))
-}
-
-/// Records an event through the database (used by profile changes).
-pub(super) async fn audit(state: &AppState, kind: &str, detail: Value) {
-    let e = crate::store::NewEvent {
-        kind: kind.into(),
-        actor: "api".into(),
-        snapshot_id: None,
-        detail,
-    };
-    if let Err(err) = state.db.append(&e).await {
-        tracing::error!(error = %err, "cannot record event");
-    }
 }

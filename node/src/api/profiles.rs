@@ -114,12 +114,12 @@ pub async fn create(
     checked_id(&body.id)?;
     let id = body.id.clone();
     let loaded = write_profile(&state, body.id, body.document, true).await?;
-    super::config::audit(
-        &state,
-        "profile_created",
-        json!({"id": id, "snapshot_id": loaded.snapshot_id}),
-    )
-    .await;
+    state
+        .record_api(
+            "profile_created",
+            json!({"id": id, "snapshot_id": loaded.snapshot_id}),
+        )
+        .await;
     let mut resp = (
         StatusCode::CREATED,
         axum::Json(json!({"id": id, "profile": loaded.config.profile, "snapshot_id": loaded.snapshot_id, "warnings": loaded.warnings})),
@@ -144,12 +144,12 @@ pub async fn update(
         return super::config::apply(State(state), headers, body).await;
     }
     let loaded = write_profile(&state, id.clone(), body.0, false).await?;
-    super::config::audit(
-        &state,
-        "profile_updated",
-        json!({"id": id, "snapshot_id": loaded.snapshot_id}),
-    )
-    .await;
+    state
+        .record_api(
+            "profile_updated",
+            json!({"id": id, "snapshot_id": loaded.snapshot_id}),
+        )
+        .await;
     Ok(super::json(
         StatusCode::OK,
         json!({"id": id, "profile": loaded.config.profile, "snapshot_id": loaded.snapshot_id, "warnings": loaded.warnings}),
@@ -172,7 +172,7 @@ pub async fn delete(
     let r = blocking(move || std::fs::remove_file(path)).await?;
     match r {
         Ok(()) => {
-            super::config::audit(&state, "profile_deleted", json!({"id": id})).await;
+            state.record_api("profile_deleted", json!({"id": id})).await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
