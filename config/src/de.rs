@@ -43,6 +43,8 @@ impl de::Error for DeError {
 
 /// Struct name that lets a type accept a list where a mapping is expected (see `Plugins`).
 pub const SEQ_OR_MAP: &str = "$kos::SeqOrMap";
+/// Struct name that lets a type accept a scalar where a mapping is expected (see `Oidc`).
+pub const SCALAR_OR_MAP: &str = "$kos::ScalarOrMap";
 
 thread_local! {
     /// Placeholders handed out for values that already have an error, so a leaf type does
@@ -457,6 +459,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
                 path: self.path,
                 sink: self.sink,
             }),
+            Value::Scalar(sc) if name == SCALAR_OR_MAP => v.visit_str(&sc.text),
             Value::Seq(_) | Value::Scalar(_) => {
                 self.mismatch("a mapping");
                 v.visit_map(MapDe::new(Vec::new(), self.path, self.sink))

@@ -138,7 +138,20 @@ pub struct ApiSection {
     pub max_body_bytes: u32,
     /// How long shutdown waits for in-flight requests before giving up.
     pub shutdown_grace: Duration,
+    /// Serve HTTPS with this certificate and key (PEM files, relative to the config directory).
+    pub tls: Option<Tls>,
+    /// Who may read `/metrics`: `none` (anyone who can reach it) or a role.
+    pub metrics_auth: MetricsAuth,
 }
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: String,
+    pub key: String,
+}
+
+string_enum!(MetricsAuth { None => "none", Viewer => "viewer" } default None);
 
 /// The documented default API address.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7420";
@@ -159,6 +172,8 @@ impl Default for ApiSection {
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            tls: None,
+            metrics_auth: MetricsAuth::None,
         }
     }
 }
@@ -484,11 +499,24 @@ impl Default for Klp {
 
 string_enum!(PeerDiscovery { DnsSd => "dns_sd", None => "none" } default None);
 
+/// Authentication of API callers.
+///
+/// Local tokens (`kos token create`) are signed with the node's token key (EdDSA, the
+/// default) or with `jwt_secret` (HS256). OIDC bearer tokens come from `oidc`. With neither
+/// configured the API is open and may bind loopback only.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Auth {
+    /// Local JWTs (`kos token create`).
     pub jwt: Toggle,
-    pub oidc: Requirement,
+    /// How local tokens are signed: `eddsa` (token key in `auth/token.key`) or `hs256`
+    /// (`jwt_secret`, at least 32 bytes).
+    pub jwt_algorithm: JwtAlgorithm,
+    /// Clock tolerance for `exp` and `nbf`.
+    pub token_leeway: Duration,
+    /// OpenID Connect: `optional`/`required`/`disabled` (the seeds' spelling) or a mapping
+    /// with the provider.
+    pub oidc: Oidc,
     pub session_timeout: Duration,
     pub ldap: bool,
     pub saml: Requirement,
@@ -502,7 +530,9 @@ impl Default for Auth {
     fn default() -> Self {
         Self {
             jwt: Toggle::Disabled,
-            oidc: Requirement::Disabled,
+            jwt_algorithm: JwtAlgorithm::Eddsa,
+            token_leeway: Duration::from_secs(30),
+            oidc: Oidc::default(),
             session_timeout: Duration::from_secs(24 * 3600),
             ldap: false,
             saml: Requirement::Disabled,
@@ -510,6 +540,153 @@ impl Default for Auth {
             audit_logging: AuditLogging::Basic,
             jwt_secret: None,
         }
+    }
+}
+
+impl Auth {
+    /// Whether any way of authenticating callers is configured.
+    pub fn configured(&self) -> bool {
+        self.jwt.is_enabled() || self.oidc.active()
+    }
+}
+
+string_enum!(JwtAlgorithm { Eddsa => "eddsa", Hs256 => "hs256" } default Eddsa);
+
+string_enum!(
+    /// API roles, each including the ones before it: viewer reads; agent also calls agent
+    /// services as a machine; operator also runs agent tasks and operates peers; admin also
+    /// changes configuration and approves peers.
+    Role { Viewer => "viewer", Agent => "agent", Operator => "operator", Admin => "admin" } default Viewer
+);
+
+string_enum!(
+    /// Signature algorithms accepted from an OIDC provider. HMAC and `none` are never
+    /// accepted for OIDC tokens.
+    OidcAlgorithm {
+        Rs256 => "RS256", Rs384 => "RS384", Rs512 => "RS512",
+        Ps256 => "PS256", Ps384 => "PS384", Ps512 => "PS512",
+        Es256 => "ES256", Es384 => "ES384", EdDsa => "EdDSA",
+    } default Rs256
+);
+
+/// An OpenID Connect provider whose tokens the node accepts.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Oidc {
+    /// `required`, `optional` or `disabled`. The node accepts OIDC tokens when this is not
+    /// `disabled` and an issuer is set.
+    pub mode: Requirement,
+    /// Issuer URL (`https://`; `http://` only for a loopback host).
+    pub issuer: Option<String>,
+    /// Expected `aud` (usually the client id).
+    pub audience: Option<String>,
+    /// Dotted path of the claim that lists the caller's roles (`roles`, `realm_access.roles`).
+    pub roles_claim: String,
+    /// Provider role → kOS role; the highest mapped role wins.
+    pub role_map: BTreeMap<String, Role>,
+    /// Role of a valid token without a mapped role (`null`: refuse such tokens).
+    pub default_role: Option<Role>,
+    pub algorithms: Vec<OidcAlgorithm>,
+    /// At most one JWKS fetch per this interval for tokens with an unknown `kid`.
+    pub jwks_refresh_cooldown: Duration,
+}
+
+impl Default for Oidc {
+    fn default() -> Self {
+        Self {
+            mode: Requirement::Disabled,
+            issuer: None,
+            audience: None,
+            roles_claim: "roles".into(),
+            role_map: BTreeMap::new(),
+            default_role: Some(Role::Viewer),
+            algorithms: vec![OidcAlgorithm::Rs256],
+            jwks_refresh_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Oidc {
+    pub fn active(&self) -> bool {
+        self.mode != Requirement::Disabled && self.issuer.is_some()
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct OidcMap {
+    mode: Option<Requirement>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    roles_claim: Option<String>,
+    role_map: BTreeMap<String, Role>,
+    default_role: Option<Option<Role>>,
+    algorithms: Option<Vec<OidcAlgorithm>>,
+    jwks_refresh_cooldown: Option<Duration>,
+}
+
+impl<'de> Deserialize<'de> for Oidc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Oidc;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("required, optional, disabled, or a mapping with the OIDC provider")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Oidc, E> {
+                let mode = match v {
+                    "required" | "enabled" | "true" => Ok(Requirement::Required),
+                    "optional" => Ok(Requirement::Optional),
+                    "disabled" | "false" => Ok(Requirement::Disabled),
+                    other => Err(format!(
+                        "unknown value `{other}`; expected required, optional, disabled or a mapping"
+                    )),
+                };
+                soft(
+                    mode.map(|mode| Oidc {
+                        mode,
+                        ..Oidc::default()
+                    }),
+                    Oidc::default,
+                )
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Oidc, E> {
+                self.visit_str(if v { "required" } else { "disabled" })
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Oidc, E> {
+                Ok(Oidc::default())
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Oidc, A::Error> {
+                let m = OidcMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let d = Oidc::default();
+                Ok(Oidc {
+                    // A provider mapping without `mode` means the provider is in use.
+                    mode: m.mode.unwrap_or(Requirement::Optional),
+                    issuer: m.issuer,
+                    audience: m.audience,
+                    roles_claim: m.roles_claim.unwrap_or(d.roles_claim),
+                    role_map: m.role_map,
+                    default_role: m.default_role.unwrap_or(d.default_role),
+                    algorithms: m.algorithms.unwrap_or(d.algorithms),
+                    jwks_refresh_cooldown: m
+                        .jwks_refresh_cooldown
+                        .unwrap_or(d.jwks_refresh_cooldown),
+                })
+            }
+        }
+        d.deserialize_struct(
+            crate::de::SCALAR_OR_MAP,
+            &[
+                "mode",
+                "issuer",
+                "audience",
+                "roles_claim",
+                "role_map",
+                "default_role",
+                "algorithms",
+                "jwks_refresh_cooldown",
+            ],
+            V,
+        )
     }
 }
 

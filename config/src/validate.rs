@@ -294,12 +294,90 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
 
     // The API.
     let ip = c.api.listen.ip();
-    if !ip.is_loopback() && !caps.api_auth {
+    if !ip.is_loopback() {
+        if !caps.api_auth {
+            cx.error(
+                "api.listen",
+                format!("binding the API to non-loopback address {ip} needs authentication, which this build does not have; use 127.0.0.1 or ::1"),
+            );
+        } else if !c.auth.configured() {
+            cx.error(
+                "api.listen",
+                format!("binding the API to non-loopback address {ip} needs authentication: set `auth.jwt: enabled` or an `auth.oidc` provider"),
+            );
+        } else if c.api.tls.is_none() {
+            cx.warn("api.listen", format!("the API on {ip} is plain HTTP: bearer tokens cross the network in clear text; set `api.tls`"));
+        }
+    }
+    if let Some(tls) = &c.api.tls {
+        if tls.cert.trim().is_empty() {
+            cx.error(
+                "api.tls.cert",
+                "needs the path of a PEM certificate (chain)",
+            );
+        }
+        if tls.key.trim().is_empty() {
+            cx.error("api.tls.key", "needs the path of a PEM private key");
+        }
+    }
+    if c.api.metrics_auth != MetricsAuth::None && !c.auth.configured() {
         cx.error(
-            "api.listen",
-            format!("binding the API to non-loopback address {ip} needs authentication, which this build does not have yet; use 127.0.0.1 or ::1"),
+            "api.metrics_auth",
+            "protecting /metrics needs authentication configured (auth.jwt or auth.oidc)",
         );
     }
+
+    // Authentication.
+    let a = &c.auth;
+    match (a.jwt.is_enabled(), a.jwt_algorithm, &a.jwt_secret) {
+        (true, JwtAlgorithm::Hs256, None) => {
+            cx.error(
+                "auth.jwt_algorithm",
+                "hs256 needs a secret: set KOS_AUTH__JWT_SECRET (at least 32 bytes) in secrets.env",
+            );
+        }
+        (true, JwtAlgorithm::Hs256, Some(secret)) if secret.expose().len() < 32 => {
+            cx.error("auth.jwt_secret", "must be at least 32 bytes for HS256");
+        }
+        (_, JwtAlgorithm::Eddsa, Some(_)) => {
+            cx.warn("auth.jwt_secret", "is set but unused: local tokens are signed with the EdDSA token key (`jwt_algorithm: hs256` to use it)");
+        }
+        _ => {}
+    }
+    if a.token_leeway.get() > std::time::Duration::from_secs(300) {
+        cx.error("auth.token_leeway", "must be at most 5m");
+    }
+    let o = &a.oidc;
+    if o.mode != Requirement::Disabled {
+        match &o.issuer {
+            None if o.mode == Requirement::Required => {
+                cx.error("auth.oidc", "OIDC is required but no provider is configured: set `auth.oidc.issuer` and `auth.oidc.audience`");
+            }
+            None => cx.warn(
+                "auth.oidc",
+                "has no effect without a provider (`issuer`, `audience`)",
+            ),
+            Some(issuer) => {
+                if let Err(e) = check_issuer(issuer) {
+                    cx.error("auth.oidc.issuer", e);
+                }
+                if o.audience.as_deref().is_none_or(str::is_empty) {
+                    cx.error_at(
+                        "auth.oidc.issuer",
+                        "auth.oidc.audience",
+                        "an OIDC provider needs the expected audience (usually the client id)",
+                    );
+                }
+                if o.algorithms.is_empty() {
+                    cx.error("auth.oidc.algorithms", "must list at least one algorithm");
+                }
+                if o.roles_claim.trim().is_empty() {
+                    cx.error("auth.oidc.roles_claim", "must name a claim");
+                }
+            }
+        }
+    }
+
     if c.api.max_body_bytes < 1024 {
         cx.error("api.max_body_bytes", "must be at least 1024");
     }
@@ -575,5 +653,31 @@ fn check_url(
     }
     if authority.is_empty() {
         cx.error(path, format!("`{url}` has no host"));
+    }
+}
+
+/// An OIDC issuer must be https, except on a loopback host (tests, local providers).
+fn check_issuer(issuer: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = issuer.split_once("://") else {
+        return Err(format!("`{issuer}` is not a URL"));
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host_only = if host.starts_with('[') {
+        host.split(']').next().unwrap_or("").trim_start_matches('[')
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    let loopback = host_only == "localhost"
+        || host_only
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match scheme {
+        "https" if !host_only.is_empty() => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!(
+            "`{issuer}`: an OIDC issuer must use https (plain http is allowed only on a loopback host)"
+        )),
+        _ => Err(format!("`{issuer}` is not an https URL")),
     }
 }

@@ -574,19 +574,38 @@ fn non_loopback_api_needs_auth() {
     assert_eq!(
         errs,
         [
-            "profiles/standalone.yaml:3:11: api.listen: binding the API to non-loopback address 0.0.0.0 needs authentication, which this build does not have yet; use 127.0.0.1 or ::1"
+            "profiles/standalone.yaml:3:11: api.listen: binding the API to non-loopback address 0.0.0.0 needs authentication, which this build does not have; use 127.0.0.1 or ::1"
         ]
     );
+    let with_auth = Capabilities {
+        api_auth: true,
+        ..pg()
+    };
+    // A build with authentication still needs it configured.
+    let errs = load_doc_errors(SA, doc, with_auth);
+    assert!(errs[0].starts_with("profiles/standalone.yaml:3:11: api.listen: binding the API to non-loopback address 0.0.0.0 needs authentication: set `auth.jwt: enabled`"), "{errs:?}");
+    // With local tokens it loads, and warns that bearer tokens would cross the network in clear text.
     let l = load_doc(
         SA,
-        doc,
-        Capabilities {
-            api_auth: true,
-            ..pg()
-        },
+        "profile: standalone\napi:\n  listen: 0.0.0.0:7420\nauth:\n  jwt: enabled\n",
+        with_auth,
     )
     .unwrap();
     assert_eq!(l.config.api.listen.to_string(), "0.0.0.0:7420");
+    assert!(
+        warnings(&l.warnings)
+            .iter()
+            .any(|w| w.contains("plain HTTP")),
+        "{:?}",
+        l.warnings
+    );
+    let l = load_doc(
+        SA,
+        "profile: standalone\napi:\n  listen: 0.0.0.0:7420\n  tls: {cert: tls/cert.pem, key: tls/key.pem}\nauth:\n  jwt: enabled\n",
+        with_auth,
+    )
+    .unwrap();
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
     load_doc(
         SA,
         "profile: standalone\napi:\n  listen: '[::1]:7420'\n",
@@ -869,7 +888,7 @@ fn klp_settings_override_the_profile() {
         errs,
         [
             "klp/klp_settings.yaml:1:10: federation.klp.enabled: the federation_node profile requires KLP enabled",
-            "profiles/federation_node.yaml:57:22: message_bus.federation_bridge: bridging the bus over KLP needs `federation.klp.enabled: true`",
+            "profiles/federation_node.yaml:61:22: message_bus.federation_bridge: bridging the bus over KLP needs `federation.klp.enabled: true`",
         ]
     );
 }
@@ -1216,5 +1235,61 @@ fn klp_needs_a_listen_address() {
     assert_eq!(
         e,
         vec!["klp/klp_settings.yaml:1:10: federation.klp.listen: KLP needs at least one listen address (e.g. /ip4/0.0.0.0/tcp/4001)".to_string()]
+    );
+}
+
+#[test]
+fn auth_settings() {
+    let caps = Capabilities {
+        api_auth: true,
+        ..pg()
+    };
+    // The seeds' scalar spelling still loads.
+    let l = load_doc(SA, "profile: standalone\nauth:\n  oidc: disabled\n", caps).unwrap();
+    assert!(!l.config.auth.oidc.active());
+    // A provider mapping.
+    let doc = "profile: standalone\nauth:\n  oidc:\n    issuer: https://idp.example.org/realms/kos\n    audience: kos\n    role_map: {kos-admins: admin}\n    algorithms: [RS256, ES256]\n";
+    let l = load_doc(SA, doc, caps).unwrap();
+    let o = &l.config.auth.oidc;
+    assert!(o.active());
+    assert_eq!(o.role_map["kos-admins"], kos_config::model::Role::Admin);
+    // `show` output round-trips.
+    let shown = kos_config::to_yaml(&l.config);
+    let again = kos_config::assemble(
+        "x",
+        &shown,
+        "show.yaml",
+        &kos_config::Overlays::default(),
+        &caps,
+    )
+    .unwrap();
+    assert_eq!(again.snapshot_id, l.snapshot_id);
+    // Errors, all at once and located.
+    let doc = "profile: standalone\nauth:\n  jwt: enabled\n  jwt_algorithm: hs256\n  oidc:\n    issuer: http://idp.example.org\n    algoritms: [HS256]\n    algorithms: [HS256]\n";
+    let e = load_doc_errors(SA, doc, caps);
+    assert!(
+        e.iter().any(|m| m.starts_with(
+            "profiles/standalone.yaml:4:18: auth.jwt_algorithm: hs256 needs a secret"
+        )),
+        "{e:#?}"
+    );
+    assert!(e.iter().any(|m| m.starts_with("profiles/standalone.yaml:6:13: auth.oidc.issuer: `http://idp.example.org`: an OIDC issuer must use https")), "{e:#?}");
+    assert!(
+        e.iter().any(|m| m
+            .contains("auth.oidc.algoritms: unknown key `algoritms` (did you mean `algorithms`?)")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("auth.oidc.algorithms[0]: unknown value `HS256`")),
+        "{e:#?}"
+    );
+    assert!(e.iter().any(|m| m.contains("auth.oidc.audience: an OIDC provider needs the expected audience")), "{e:#?}");
+    // http is fine on a loopback issuer (a local provider).
+    load_doc(SA, "profile: standalone\nauth:\n  oidc: {issuer: 'http://127.0.0.1:8080/openid', audience: x}\n", caps).unwrap();
+    let e = load_doc_errors(SA, "profile: standalone\nauth:\n  oidc: required\n", caps);
+    assert!(
+        e[0].contains("OIDC is required but no provider is configured"),
+        "{e:#?}"
     );
 }
