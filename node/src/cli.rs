@@ -43,6 +43,9 @@ enum Command {
     /// Validate, show and compare configurations.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Create API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Manage the approved peers in klp/peers.list (a running node applies changes at once).
     #[command(subcommand)]
     Peers(PeersCommand),
@@ -50,6 +53,27 @@ enum Command {
     /// testnet directory here [default: ./kos-testnet].
     #[command(subcommand)]
     Testnet(TestnetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a local token (signed with the node's token key, or HS256 with auth.jwt_secret).
+    /// Prints only the token, so it can go straight into a variable.
+    Create {
+        /// viewer (read), agent, operator (agent tasks, peers), admin (config, approvals)
+        #[arg(long, value_parser = parse_role)]
+        role: crate::auth::Role,
+        /// Lifetime, e.g. 1h, 24h, 30d.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: std::time::Duration,
+        /// Who the token is for (the `sub` claim).
+        #[arg(long, default_value = "operator")]
+        sub: String,
+    },
+}
+
+fn parse_role(s: &str) -> Result<crate::auth::Role, String> {
+    s.parse()
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +142,10 @@ struct InitArgs {
     /// Deployment profile to lay out
     #[arg(long, value_parser = parse_kind, default_value = "standalone")]
     profile: ProfileKind,
+    /// Also create a self-signed TLS certificate for development (tls/cert.pem, tls/key.pem)
+    /// and point api.tls at it.
+    #[arg(long)]
+    tls_self_signed: bool,
 }
 
 fn parse_kind(s: &str) -> Result<ProfileKind, String> {
@@ -180,7 +208,7 @@ pub fn main() -> ExitCode {
         .unwrap_or_else(|| PathBuf::from("kos-testnet"));
     match cli.command {
         Command::Run(args) => exit(run(&dir, args)),
-        Command::Init(args) => exit(init(&dir, args.profile)),
+        Command::Init(args) => exit(init(&dir, args.profile, args.tls_self_signed)),
         Command::Id { json } => exit(id(&dir, json)),
         Command::Config(ConfigCommand::Validate { dir: d, json }) => {
             validate(d.as_deref().unwrap_or(&dir), json)
@@ -188,6 +216,9 @@ pub fn main() -> ExitCode {
         Command::Config(ConfigCommand::Show { json, profile }) => exit(show(&dir, json, profile)),
         Command::Config(ConfigCommand::Diff { a, b, json }) => diff(&a, &b, json),
         Command::Config(ConfigCommand::History { json }) => exit(history(&dir, json)),
+        Command::Token(TokenCommand::Create { role, ttl, sub }) => {
+            exit(token_create(&dir, role, ttl, &sub))
+        }
         Command::Peers(PeersCommand::List { json }) => exit(peers_list(&dir, json)),
         Command::Peers(PeersCommand::Add { id, addrs, label }) => {
             exit(peers_add(&dir, &id, addrs, label))
@@ -240,7 +271,7 @@ fn run(dir: &Path, args: RunArgs) -> Result<()> {
     }))
 }
 
-fn init(dir: &Path, kind: ProfileKind) -> Result<()> {
+fn init(dir: &Path, kind: ProfileKind, tls_self_signed: bool) -> Result<()> {
     let report = kos_config::layout::init_layout(dir, kind)
         .with_context(|| format!("initializing {}", dir.display()))?;
     let (identity, created) = Identity::load_or_create(dir)?;
@@ -260,6 +291,15 @@ fn init(dir: &Path, kind: ProfileKind) -> Result<()> {
     )?;
     for n in &report.notes {
         writeln!(out, "note: {n}")?;
+    }
+    if tls_self_signed {
+        match self_signed_tls(dir)? {
+            true => writeln!(
+                out,
+                "  created tls/cert.pem, tls/key.pem (self-signed, for development) and set api.tls in system.env"
+            )?,
+            false => writeln!(out, "  kept    tls/cert.pem (exists)")?,
+        }
     }
     writeln!(out, "node id: {}", identity.id())?;
     Ok(())
@@ -473,9 +513,13 @@ fn peers_list(dir: &Path, as_json: bool) -> Result<()> {
         .load(&LoadOptions::from_process(capabilities()))
         .ok()
         .and_then(|l| {
+            let token = cli_token(dir, &l.config, crate::auth::Role::Viewer)
+                .ok()
+                .flatten();
             crate::local_http::get_json(
                 l.config.api.listen,
                 "/api/peers",
+                token.as_deref(),
                 std::time::Duration::from_secs(2),
             )
             .ok()
@@ -572,6 +616,73 @@ fn peers_remove(dir: &Path, id: &str) -> Result<()> {
     write_peers(dir, &new)?;
     println!("removed {node}");
     Ok(())
+}
+
+/// A short-lived token for the node of `dir`, minted with its token key (see
+/// `auth::local::mint_for_dir`); `None` when the node uses no local tokens.
+pub(crate) fn cli_token(
+    dir: &Path,
+    config: &kos_config::Config,
+    role: crate::auth::Role,
+) -> Result<Option<String>> {
+    let id = Identity::load(dir)?.id().to_string();
+    crate::auth::local::mint_for_dir(dir, config, &id, role, std::time::Duration::from_secs(60))
+}
+
+fn token_create(
+    dir: &Path,
+    role: crate::auth::Role,
+    ttl: std::time::Duration,
+    sub: &str,
+) -> Result<()> {
+    let l = ConfigDir::new(dir)
+        .load(&LoadOptions::from_process(capabilities()))
+        .map_err(|d| anyhow::anyhow!("invalid configuration:\n{d}"))?;
+    if !l.config.auth.jwt.is_enabled() {
+        anyhow::bail!("local tokens are disabled: set `auth.jwt: enabled` in the profile first");
+    }
+    if ttl.is_zero() || ttl > std::time::Duration::from_secs(366 * 24 * 3600) {
+        anyhow::bail!("--ttl must be between 1s and 366d");
+    }
+    let id = Identity::load(dir)?.id().to_string();
+    let token =
+        crate::auth::local::mint_named(dir, &l.config, &id, sub, role, ttl)?.unwrap_or_default();
+    println!("{token}");
+    Ok(())
+}
+
+/// Writes a self-signed certificate for localhost and 127.0.0.1 and points api.tls at it
+/// (in system.env). Never overwrites. Returns whether it created the files.
+fn self_signed_tls(dir: &Path) -> Result<bool> {
+    let cert_path = dir.join("tls/cert.pem");
+    if cert_path.exists() {
+        return Ok(false);
+    }
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let ck = rcgen::generate_simple_self_signed(names)
+        .context("generating a self-signed certificate")?;
+    std::fs::create_dir_all(dir.join("tls"))?;
+    kos_config::snapshot::atomic_write(
+        &dir.join("tls/key.pem"),
+        ck.signing_key.serialize_pem().as_bytes(),
+        Some(0o600),
+        &mut |_| {},
+    )?;
+    kos_config::snapshot::atomic_write(&cert_path, ck.cert.pem().as_bytes(), None, &mut |_| {})?;
+    let env_path = dir.join(kos_config::load::SYSTEM_ENV);
+    let mut env = std::fs::read_to_string(&env_path).unwrap_or_default();
+    if !env.contains("KOS_API__TLS__CERT") {
+        if !env.is_empty() && !env.ends_with('\n') {
+            env.push('\n');
+        }
+        env.push_str("# Development TLS from `kos init --tls-self-signed`\nKOS_API__TLS__CERT=tls/cert.pem\nKOS_API__TLS__KEY=tls/key.pem\n");
+        kos_config::snapshot::atomic_write(&env_path, env.as_bytes(), None, &mut |_| {})?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

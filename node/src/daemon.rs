@@ -56,7 +56,7 @@ pub fn capabilities() -> kos_config::Capabilities {
         redis: false,
         qdrant: false,
         embedded_vector: false,
-        api_auth: false,
+        api_auth: true,
     }
 }
 
@@ -74,6 +74,8 @@ pub struct NodeState {
     pub metrics: Arc<Metrics>,
     /// The KLP swarm, when the profile enables it.
     pub klp: Option<kos_klp::Klp>,
+    /// Verifies API callers' tokens.
+    pub auth: crate::auth::Authenticator,
     pub started: Instant,
     pub started_at: SystemTime,
     pub listen: SocketAddr,
@@ -232,6 +234,7 @@ pub fn ensure_home(dir: &std::path::Path) -> Result<bool> {
 
 /// Starts a node: validates, opens stores, binds the API, serves until the token is cancelled.
 pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
+    install_crypto_provider();
     if opts.create_if_missing && ensure_home(&opts.dir)? {
         info!(dir = %opts.dir.display(), "created a standalone node configuration");
     }
@@ -257,6 +260,44 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
     } else {
         None
     };
+    // Authentication and TLS material are checked before anything is bound too.
+    let auth = crate::auth::Authenticator::new(cfg, &identity.id().to_string(), dir.root())
+        .context("setting up authentication")?;
+    let tls = match &cfg.api.tls {
+        Some(t) => {
+            let (cert, key) = (
+                crate::store::resolve_location(&t.cert, dir.root()),
+                crate::store::resolve_location(&t.key, dir.root()),
+            );
+            Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "loading the TLS certificate {} and key {}",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let listen = opts.listen_override.unwrap_or(cfg.api.listen);
+    if !listen.ip().is_loopback() {
+        if !auth.enabled() {
+            bail!(
+                "refusing to bind the API to {listen}: only loopback addresses are allowed until authentication is configured (auth.jwt or auth.oidc)"
+            );
+        }
+        if tls.is_none() {
+            warn!(%listen, "the API is plain HTTP on a non-loopback address: bearer tokens cross the network in clear text; set api.tls");
+        }
+    }
+    if let Some(o) = auth.oidc() {
+        let o = o.clone();
+        tokio::spawn(async move { o.refresh().await });
+    }
     let snapshots = Store::open(&dir).context("opening the snapshot store")?;
     if let Some(e) = snapshots
         .reconcile(&loaded, "node")
@@ -293,12 +334,6 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
         None => None,
     };
 
-    let listen = opts.listen_override.unwrap_or(cfg.api.listen);
-    if !listen.ip().is_loopback() && !capabilities().api_auth {
-        bail!(
-            "refusing to bind the API to {listen}: only loopback addresses are allowed until authentication is configured"
-        );
-    }
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -339,6 +374,7 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
         boot: boot.clone(),
         metrics,
         klp,
+        auth,
         started: Instant::now(),
         started_at,
         listen: addr,
@@ -366,19 +402,33 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
     let st = state.clone();
     let task = tokio::spawn(async move {
         let serve_token = token.clone();
+        let tls_handle = axum_server::Handle::new();
+        let h = tls_handle.clone();
         let mut server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { serve_token.cancelled().await })
-            .await
+            match tls {
+                None => {
+                    axum::serve(
+                        listener,
+                        app.into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(async move { serve_token.cancelled().await })
+                    .await
+                }
+                Some(config) => {
+                    let std_listener = listener.into_std()?;
+                    axum_server::from_tcp_rustls(std_listener, config)?
+                        .handle(h)
+                        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+                        .await
+                }
+            }
         });
         tokio::select! {
             biased;
             () = token.cancelled() => {
                 st.ready.store(false, Ordering::SeqCst);
                 info!(grace = ?grace, "shutting down: draining requests");
+                tls_handle.graceful_shutdown(Some(grace));
                 match tokio::time::timeout(grace, &mut server).await {
                     Ok(r) => r.context("API server task")?.context("API server")?,
                     Err(_) => {
@@ -522,4 +572,11 @@ pub async fn apply_document(
 pub enum Change {
     Apply(String),
     Rollback(kos_config::SnapshotId),
+}
+
+/// Installs the process-wide rustls crypto provider (aws-lc-rs). Both aws-lc-rs and ring are
+/// in the dependency tree, so rustls cannot pick one itself: without this the first TLS use
+/// panics. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }

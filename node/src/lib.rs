@@ -8,6 +8,7 @@
 //! - [`cli`]: `kos` subcommands.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod daemon;
 pub mod federation;

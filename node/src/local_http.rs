@@ -10,7 +10,12 @@ use anyhow::{Context, Result, bail};
 const MAX_RESPONSE: u64 = 8 * 1024 * 1024;
 
 /// `GET http://<addr><path>` and parse the JSON body; `Err` unless the status is 2xx.
-pub fn get_json(addr: SocketAddr, path: &str, timeout: Duration) -> Result<serde_json::Value> {
+pub fn get_json(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
     if !addr.ip().is_loopback() {
         bail!("{addr} is not a loopback address");
     }
@@ -18,9 +23,12 @@ pub fn get_json(addr: SocketAddr, path: &str, timeout: Duration) -> Result<serde
         .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{auth}Connection: close\r\n\r\n"
     )?;
     let mut buf = Vec::new();
     s.take(MAX_RESPONSE)

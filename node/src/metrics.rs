@@ -50,6 +50,7 @@ pub struct Metrics {
     pub klp_handshakes: Family<OutcomeLabels, Counter>,
     pub klp_discovery_events: Counter,
     pub peers_list_reloads: Family<OutcomeLabels, Counter>,
+    pub auth_failures: Family<OutcomeLabels, Counter>,
     current_snapshot: Mutex<Option<String>>,
 }
 
@@ -69,6 +70,7 @@ impl Metrics {
         let klp_handshakes = Family::<OutcomeLabels, Counter>::default();
         let klp_discovery_events = Counter::default();
         let peers_list_reloads = Family::<OutcomeLabels, Counter>::default();
+        let auth_failures = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -124,6 +126,11 @@ impl Metrics {
             "peers.list changes picked up, by outcome",
             peers_list_reloads.clone(),
         );
+        registry.register(
+            "auth_failures",
+            "Requests refused for a missing or invalid token, by reason",
+            auth_failures.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -137,6 +144,7 @@ impl Metrics {
             klp_handshakes,
             klp_discovery_events,
             peers_list_reloads,
+            auth_failures,
             current_snapshot: Mutex::new(None),
         }
     }

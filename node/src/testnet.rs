@@ -75,8 +75,22 @@ fn signal(pid: u32, sig: &str) -> bool {
 }
 
 /// Admitted and connected peers of a node, or `None` if it does not answer.
-fn admitted(api: SocketAddr) -> Option<Vec<String>> {
-    let v = get_json(api, "/api/peers", Duration::from_secs(2)).ok()?;
+fn admitted(x: &TestnetNode) -> Option<Vec<String>> {
+    let opts = kos_config::LoadOptions {
+        capabilities: crate::daemon::capabilities(),
+        ..Default::default()
+    };
+    let config = kos_config::ConfigDir::new(&x.dir).load(&opts).ok()?.config;
+    let token = crate::cli::cli_token(&x.dir, &config, crate::auth::Role::Viewer)
+        .ok()
+        .flatten();
+    let v = get_json(
+        x.api,
+        "/api/peers",
+        token.as_deref(),
+        Duration::from_secs(2),
+    )
+    .ok()?;
     Some(
         v["peers"]
             .as_array()?
@@ -213,7 +227,7 @@ pub fn up(dir: &Path, n: usize, timeout: Duration) -> Result<()> {
                     x.dir.join("kos.log").display()
                 );
             }
-            if admitted(x.api).is_none_or(|a| a.len() < n - 1) {
+            if admitted(x).is_none_or(|a| a.len() < n - 1) {
                 done = false;
             }
         }
@@ -244,7 +258,7 @@ fn print_table(t: &Testnet) {
     );
     for x in &t.nodes {
         let running = is_ours(x.pid, &x.dir);
-        let adm = admitted(x.api).map_or("-".to_string(), |a| a.len().to_string());
+        let adm = admitted(x).map_or("-".to_string(), |a| a.len().to_string());
         println!(
             "{:<8} {:<54} {:<24} {:>9}  {}",
             x.name,

@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 
 struct FedNode {
     node: RunningNode,
+    /// A client that sends an admin token minted with this node's token key.
+    http: reqwest::Client,
     dir: tempfile::TempDir,
     base: String,
     id: String,
@@ -54,8 +56,29 @@ async fn boot(dir: tempfile::TempDir, id: String, p2p: String) -> FedNode {
     .await
     .unwrap();
     let base = format!("http://{}", node.addr);
+    let mut headers = reqwest::header::HeaderMap::new();
+    let config = node.state.config().config.clone();
+    if let Some(t) = kos_node::auth::local::mint_for_dir(
+        dir.path(),
+        &config,
+        &node.state.identity.id().to_string(),
+        kos_node::auth::Role::Admin,
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+    {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {t}").parse().unwrap(),
+        );
+    }
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
     FedNode {
         node,
+        http,
         dir,
         base,
         id,
@@ -63,8 +86,10 @@ async fn boot(dir: tempfile::TempDir, id: String, p2p: String) -> FedNode {
     }
 }
 
-async fn get(url: &str) -> Value {
-    reqwest::get(url).await.unwrap().json().await.unwrap()
+async fn get(http: &reqwest::Client, url: &str) -> Value {
+    let r = http.get(url).send().await.unwrap();
+    assert!(r.status().is_success(), "GET {url}: {}", r.status());
+    r.json().await.unwrap()
 }
 
 fn admitted_ids(peers: &Value) -> Vec<String> {
@@ -114,24 +139,26 @@ async fn three_nodes_federate_and_peers_list_edits_apply_while_running() {
             o
         };
         wait_until("full admission", Duration::from_secs(20), async || {
-            admitted_ids(&get(&url).await) == others
+            admitted_ids(&get(&n.http, &url).await) == others
         })
         .await;
     }
 
     let a = &nodes[0];
-    let peers = get(&format!("{}/api/peers", a.base)).await;
+    let peers = get(&a.http, &format!("{}/api/peers", a.base)).await;
     assert_eq!(peers["enabled"], true);
     assert_eq!(peers["local_id"], a.id.as_str());
     assert_eq!(peers["listen"], json!([a.p2p]));
-    let one: Value = get(&format!("{}/api/peers/{}", a.base, nodes[1].id)).await;
+    let one: Value = get(&a.http, &format!("{}/api/peers/{}", a.base, nodes[1].id)).await;
     assert_eq!(one["state"], "admitted");
     assert_eq!(one["protocol_version"], 1);
     assert_eq!(one["name"], "node-2");
     assert_eq!(one["label"], "node-2");
     assert!(one["last_seen_ms"].as_u64().unwrap() > 0);
     assert_eq!(
-        reqwest::get(format!("{}/api/peers/nonsense", a.base))
+        a.http
+            .get(format!("{}/api/peers/nonsense", a.base))
+            .send()
             .await
             .unwrap()
             .status(),
@@ -139,14 +166,31 @@ async fn three_nodes_federate_and_peers_list_edits_apply_while_running() {
     );
     let unknown = kos_node::identity::Identity::generate().unwrap().id();
     assert_eq!(
-        reqwest::get(format!("{}/api/peers/{unknown}", a.base))
+        a.http
+            .get(format!("{}/api/peers/{unknown}", a.base))
+            .send()
             .await
             .unwrap()
             .status(),
         StatusCode::NOT_FOUND
     );
-    let http = reqwest::Client::new();
-    let r = http
+    // federation_node requires tokens: an anonymous caller is refused.
+    let anonymous = reqwest::Client::new();
+    let r = anonymous
+        .post(format!("{}/api/peers/dial", a.base))
+        .json(&json!({"addr": "/ip4/127.0.0.1/tcp/1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer realm=\"kos\"")
+    );
+    let r = a
+        .http
         .post(format!("{}/api/peers/dial", a.base))
         .json(&json!({"addr": "not a multiaddr"}))
         .send()
@@ -155,7 +199,10 @@ async fn three_nodes_federate_and_peers_list_edits_apply_while_running() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
 
-    let metrics = reqwest::get(format!("{}/metrics", a.base))
+    let metrics = a
+        .http
+        .get(format!("{}/metrics", a.base))
+        .send()
         .await
         .unwrap()
         .text()
@@ -181,7 +228,7 @@ async fn three_nodes_federate_and_peers_list_edits_apply_while_running() {
         "node 3 disconnected from node 1",
         Duration::from_secs(10),
         async || {
-            let p = get(&url3).await;
+            let p = get(&a.http, &url3).await;
             p["connected"] == false && p["approved"] == false
         },
     )
@@ -190,10 +237,13 @@ async fn three_nodes_federate_and_peers_list_edits_apply_while_running() {
     std::fs::write(&path, "this is not a peer id\n").unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        get(&format!("{}/api/peers/{}", a.base, nodes[1].id)).await["state"],
+        get(&a.http, &format!("{}/api/peers/{}", a.base, nodes[1].id)).await["state"],
         "admitted"
     );
-    let metrics = reqwest::get(format!("{}/metrics", a.base))
+    let metrics = a
+        .http
+        .get(format!("{}/metrics", a.base))
+        .send()
         .await
         .unwrap()
         .text()
@@ -214,7 +264,7 @@ async fn standalone_has_no_swarm() {
     let dir = tempfile::tempdir().unwrap();
     kos_config::layout::init_layout(dir.path(), ProfileKind::Standalone).unwrap();
     let n = boot(dir, String::new(), String::new()).await;
-    let peers = get(&format!("{}/api/peers", n.base)).await;
+    let peers = get(&n.http, &format!("{}/api/peers", n.base)).await;
     assert_eq!(peers, json!({"enabled": false, "peers": []}));
     let r = reqwest::Client::new()
         .post(format!("{}/api/peers/dial", n.base))

@@ -171,7 +171,8 @@ impl OidcProvider {
 
     /// The end of the provider's log (stderr), for error messages.
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("provider.log")).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.dir.path().join("provider.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(30)..].join("\n");
         format!("provider log:\n{tail}")
@@ -242,7 +243,11 @@ fn b64url_decode(s: &str) -> Vec<u8> {
 fn b64url_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..=chunk.len() {
             out.push(B64URL[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -387,7 +392,11 @@ impl TestNode {
 }
 
 /// Asserts the status and returns the body, which the message shows when it is wrong.
-async fn expect(r: Response, status: StatusCode, what: &str) -> (reqwest::header::HeaderMap, String) {
+async fn expect(
+    r: Response,
+    status: StatusCode,
+    what: &str,
+) -> (reqwest::header::HeaderMap, String) {
     let got = r.status();
     let headers = r.headers().clone();
     let body = r.text().await.unwrap_or_default();
@@ -395,16 +404,29 @@ async fn expect(r: Response, status: StatusCode, what: &str) -> (reqwest::header
     (headers, body)
 }
 
-fn assert_bearer_challenge(headers: &reqwest::header::HeaderMap, what: &str) {
+/// Asserts a `WWW-Authenticate: Bearer ...` challenge, with the RFC 6750 error code if given.
+fn assert_bearer_challenge(headers: &reqwest::header::HeaderMap, error: Option<&str>, what: &str) {
     let challenge = headers
         .get("www-authenticate")
-        .unwrap_or_else(|| panic!("{what}: 401 without WWW-Authenticate ({headers:?})"))
+        .unwrap_or_else(|| panic!("{what}: no WWW-Authenticate ({headers:?})"))
         .to_str()
         .unwrap();
     assert!(
         challenge.to_ascii_lowercase().starts_with("bearer"),
         "{what}: WWW-Authenticate: {challenge}"
     );
+    if let Some(code) = error {
+        assert!(
+            challenge.contains(&format!("error=\"{code}\"")),
+            "{what}: WWW-Authenticate without error=\"{code}\": {challenge}"
+        );
+    }
+}
+
+/// Asserts that an invalid token was refused: 401, `error="invalid_token"`.
+async fn refused(r: Response, what: &str) {
+    let (h, _) = expect(r, StatusCode::UNAUTHORIZED, what).await;
+    assert_bearer_challenge(&h, Some("invalid_token"), what);
 }
 
 #[tokio::test]
@@ -453,42 +475,38 @@ async fn oidc_tokens_from_a_real_provider() {
         "POST /api/config/apply without a token",
     )
     .await;
-    assert_bearer_challenge(&h, "apply without a token");
+    assert_bearer_challenge(&h, None, "apply without a token");
     let (h, _) = expect(
         t.status(None).await,
         StatusCode::UNAUTHORIZED,
         "GET /api/config/status without a token",
     )
     .await;
-    assert_bearer_challenge(&h, "status without a token");
+    assert_bearer_challenge(&h, None, "status without a token");
 
     // Altered tokens: one payload character changed; the viewer's claims rewritten to the
     // admin group under the original signature; the admin's claims without a signature.
-    let (h, _) = expect(
-        t.apply(Some(&flip_payload_char(&admin_token)), &doc).await,
-        StatusCode::UNAUTHORIZED,
+    let flipped = flip_payload_char(&admin_token);
+    refused(
+        t.apply(Some(&flipped), &doc).await,
         "apply with one payload character changed",
     )
     .await;
-    assert_bearer_challenge(&h, "apply with an altered token");
-    expect(
-        t.status(Some(&flip_payload_char(&admin_token))).await,
-        StatusCode::UNAUTHORIZED,
+    refused(
+        t.status(Some(&flipped)).await,
         "status with one payload character changed",
     )
     .await;
     let mut escalated = claims(&viewer_token);
     escalated["roles"] = serde_json::json!(["kos-admins"]);
-    expect(
+    refused(
         t.apply(Some(&with_claims(&viewer_token, &escalated)), &doc)
             .await,
-        StatusCode::UNAUTHORIZED,
         "apply with the viewer's roles rewritten to kos-admins",
     )
     .await;
-    expect(
+    refused(
         t.apply(Some(&unsigned(&admin_token)), &doc).await,
-        StatusCode::UNAUTHORIZED,
         "apply with an alg:none token",
     )
     .await;
@@ -500,12 +518,13 @@ async fn oidc_tokens_from_a_real_provider() {
         "GET /api/config/status as a user outside kos-admins",
     )
     .await;
-    expect(
+    let (h, _) = expect(
         t.apply(Some(&viewer_token), &doc).await,
         StatusCode::FORBIDDEN,
         "POST /api/config/apply as a user outside kos-admins",
     )
     .await;
+    assert_bearer_challenge(&h, Some("insufficient_scope"), "apply as viewer");
 
     // The admin token still works after all that (no lockout, no cached failure).
     expect(
@@ -521,12 +540,22 @@ async fn oidc_tokens_from_a_real_provider() {
 
 #[test]
 fn base64url_round_trip_and_auth_section() {
-    for data in [&b""[..], b"f", b"fo", b"foo", b"foob", b"fooba", b"foobar", &[0xff, 0xfe, 0x00]] {
+    for data in [
+        &b""[..],
+        b"f",
+        b"fo",
+        b"foo",
+        b"foob",
+        b"fooba",
+        b"foobar",
+        &[0xff, 0xfe, 0x00],
+    ] {
         assert_eq!(b64url_decode(&b64url_encode(data)), data);
     }
     assert_eq!(b64url_encode(b"foobar"), "Zm9vYmFy");
     assert_eq!(b64url_encode(&[0xfb, 0xff]), "-_8");
-    let p = "profile: standalone\nauth:\n  jwt: disabled\n  session_timeout: 24h\n\nservices:\n  - a\n";
+    let p =
+        "profile: standalone\nauth:\n  jwt: disabled\n  session_timeout: 24h\n\nservices:\n  - a\n";
     let out = replace_auth_section(p, "auth:\n  jwt: enabled\n");
     assert_eq!(
         out,

@@ -1,6 +1,9 @@
 //! kConfigD: `/api/config/...`.
 
+use axum::Extension;
 use axum::extract::{Query, State};
+
+use crate::auth::Principal;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kos_config::diff::diff_json;
@@ -208,11 +211,13 @@ fn outcome_response(o: kos_config::ApplyOutcome) -> Response {
 /// `POST /api/config/apply`: applies a new document to the active profile.
 pub async fn apply(
     State(state): State<AppState>,
+    caller: Option<Extension<Principal>>,
     headers: HeaderMap,
     TextBody(doc): TextBody,
 ) -> Result<Response, Problem> {
     let expected = if_match(&headers, true)?;
-    let o = apply_document(&state, expected, Change::Apply(doc), "api").await?;
+    let actor = super::authz::actor(caller.as_ref().map(|c| &c.0));
+    let o = apply_document(&state, expected, Change::Apply(doc), &actor).await?;
     Ok(outcome_response(o))
 }
 
@@ -225,13 +230,15 @@ pub struct RollbackBody {
 /// `POST /api/config/rollback` `{"snapshot_id": "..."}` (full id or unique prefix).
 pub async fn rollback(
     State(state): State<AppState>,
+    caller: Option<Extension<Principal>>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<RollbackBody>,
 ) -> Result<Response, Problem> {
     let expected = if_match(&headers, false)?;
     let store = state.snapshots.clone();
     let target = blocking(move || store.resolve(&body.snapshot_id)).await??;
-    let o = apply_document(&state, expected, Change::Rollback(target), "api").await?;
+    let actor = super::authz::actor(caller.as_ref().map(|c| &c.0));
+    let o = apply_document(&state, expected, Change::Rollback(target), &actor).await?;
     Ok(outcome_response(o))
 }
 

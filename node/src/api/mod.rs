@@ -20,6 +20,7 @@
 //! | GET | `/api/peers/{id}` | one peer |
 //! | POST | `/api/peers/dial` | dial a multiaddr (admission still goes through MAP) |
 
+pub mod authz;
 mod config;
 mod ops;
 mod peers;
@@ -76,6 +77,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/peers", get(peers::list))
         .route("/api/peers/dial", post(peers::dial))
         .route("/api/peers/{id}", get(peers::read))
+        .route(authz::METADATA_PATH, get(authz::metadata))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authz::authorize,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -86,7 +92,7 @@ pub fn router(state: AppState) -> Router {
             .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
             .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 let rid = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %rid)
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %rid, sub = tracing::field::Empty)
             }))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout)),

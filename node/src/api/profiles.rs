@@ -136,12 +136,13 @@ pub async fn create(
 pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    caller: Option<axum::Extension<crate::auth::Principal>>,
     headers: HeaderMap,
     body: TextBody,
 ) -> Result<Response, Problem> {
     checked_id(&id)?;
     if id == state.config().profile_id {
-        return super::config::apply(State(state), headers, body).await;
+        return super::config::apply(State(state), caller, headers, body).await;
     }
     let loaded = write_profile(&state, id.clone(), body.0, false).await?;
     state

@@ -1,0 +1,200 @@
+//! Authentication of API callers: local JWTs and OIDC bearer tokens, mapped to a [`Role`].
+//!
+//! - **Local tokens** (`kos token create`) are signed EdDSA with the node's token key
+//!   (`auth/token.key`, separate from the identity key so it can be rotated) or HS256 with
+//!   `auth.jwt_secret`. Issuer and audience are `kos-node:<peer id>`.
+//! - **OIDC tokens** come from the configured provider; see [`oidc`].
+//!
+//! Validation pins the algorithm per key (never `none`, never HMAC for OIDC), requires `exp`,
+//! `iss` and `aud`, honours `nbf`, allows `auth.token_leeway` of clock skew, and refuses
+//! tokens over [`MAX_TOKEN_BYTES`]. Tokens never reach logs: errors carry a fixed reason only.
+
+pub mod local;
+pub mod oidc;
+
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+pub use kos_config::model::Role;
+use kos_config::model::{Config, JwtAlgorithm};
+use serde::{Deserialize, Serialize};
+
+/// Largest bearer token accepted.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    pub sub: String,
+    pub role: Role,
+    /// `local` or `oidc`.
+    pub source: &'static str,
+}
+
+/// Why a token was refused. The text is safe to show and to log: it never contains the token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("the token is larger than {MAX_TOKEN_BYTES} bytes")]
+    TooLarge,
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token's algorithm is not accepted")]
+    Algorithm,
+    #[error("the token's signing key is unknown")]
+    UnknownKey,
+    #[error("the token's signature is invalid")]
+    Signature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token's issuer is not accepted")]
+    Issuer,
+    #[error("the token is not meant for this node")]
+    Audience,
+    #[error("the token lacks a required claim")]
+    MissingClaim,
+    #[error("the token grants no role on this node")]
+    NoRole,
+    #[error("the identity provider cannot be reached")]
+    ProviderUnavailable,
+}
+
+impl AuthError {
+    fn from_jwt(e: &jsonwebtoken::errors::Error) -> Self {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match e.kind() {
+            K::ExpiredSignature => AuthError::Expired,
+            K::ImmatureSignature => AuthError::NotYetValid,
+            K::InvalidIssuer => AuthError::Issuer,
+            K::InvalidAudience => AuthError::Audience,
+            K::MissingRequiredClaim(_) => AuthError::MissingClaim,
+            K::InvalidSignature => AuthError::Signature,
+            K::InvalidAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => {
+                AuthError::Algorithm
+            }
+            _ => AuthError::Malformed,
+        }
+    }
+}
+
+/// Claims of a local token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LocalClaims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub exp: u64,
+    pub iat: u64,
+    pub nbf: u64,
+    pub jti: String,
+    pub role: Role,
+}
+
+/// Validation settings shared by both token kinds.
+pub(crate) fn validation(alg: Algorithm, issuer: &str, audience: &str, leeway: u64) -> Validation {
+    let mut v = Validation::new(alg);
+    v.algorithms = vec![alg];
+    v.leeway = leeway;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.set_issuer(&[issuer]);
+    v.set_audience(&[audience]);
+    v.set_required_spec_claims(&["exp", "iss", "aud"]);
+    v
+}
+
+/// Verifies bearer tokens for one node.
+pub struct Authenticator {
+    local: Option<local::LocalVerifier>,
+    oidc: Option<Arc<oidc::OidcVerifier>>,
+    leeway: u64,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("local", &self.local.is_some())
+            .field("oidc", &self.oidc.is_some())
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// Builds the authenticator for a configuration. `node_id` names the local issuer and
+    /// audience; `dir` is the config directory (token key).
+    pub fn new(config: &Config, node_id: &str, dir: &std::path::Path) -> anyhow::Result<Self> {
+        let a = &config.auth;
+        let local = if a.jwt.is_enabled() {
+            Some(match a.jwt_algorithm {
+                JwtAlgorithm::Eddsa => {
+                    local::LocalVerifier::eddsa(&local::TokenKey::load_or_create(dir)?, node_id)
+                }
+                JwtAlgorithm::Hs256 => {
+                    let secret = a
+                        .jwt_secret
+                        .as_ref()
+                        .map(|s| s.expose().as_bytes().to_vec())
+                        .unwrap_or_default();
+                    local::LocalVerifier::hs256(&secret, node_id)
+                }
+            })
+        } else {
+            None
+        };
+        let oidc = if a.oidc.active() {
+            Some(Arc::new(oidc::OidcVerifier::new(&a.oidc)?))
+        } else {
+            None
+        };
+        Ok(Self {
+            local,
+            oidc,
+            leeway: a.token_leeway.get().as_secs(),
+        })
+    }
+
+    /// Whether any caller authentication is configured (otherwise the API is open).
+    pub fn enabled(&self) -> bool {
+        self.local.is_some() || self.oidc.is_some()
+    }
+
+    pub fn oidc(&self) -> Option<&Arc<oidc::OidcVerifier>> {
+        self.oidc.as_ref()
+    }
+
+    /// Verifies a bearer token and returns the caller.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge);
+        }
+        let header = decode_header(token).map_err(|e| AuthError::from_jwt(&e))?;
+        // Local tokens: our algorithm, and for EdDSA our key id.
+        if let Some(l) = &self.local
+            && l.claims_token(&header)
+        {
+            return l.verify(token, self.leeway);
+        }
+        match &self.oidc {
+            Some(o) => o.verify(token, &header, self.leeway).await,
+            None if self.local.is_some() => Err(match header.alg {
+                Algorithm::EdDSA | Algorithm::HS256 => AuthError::UnknownKey,
+                _ => AuthError::Algorithm,
+            }),
+            None => Err(AuthError::Algorithm),
+        }
+    }
+}
+
+/// Verifies `token` with one key, mapping errors.
+pub(crate) fn verify_with<T: serde::de::DeserializeOwned>(
+    token: &str,
+    key: &DecodingKey,
+    v: &Validation,
+) -> Result<T, AuthError> {
+    decode::<T>(token, key, v)
+        .map(|d| d.claims)
+        .map_err(|e| AuthError::from_jwt(&e))
+}
