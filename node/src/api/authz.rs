@@ -49,7 +49,14 @@ fn base_url(headers: &HeaderMap, tls: bool) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && h.len() < 256)
+        // Only host[:port] characters: the value is echoed into the quoted challenge and
+        // the metadata's `resource`, so a quote, path or query must not get through.
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() < 256
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+        })
         .unwrap_or("localhost");
     format!("{}://{host}", if tls { "https" } else { "http" })
 }

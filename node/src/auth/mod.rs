@@ -170,7 +170,7 @@ impl Authenticator {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
-        let header = decode_header(token).map_err(|e| AuthError::from_jwt(&e))?;
+        let header = decode_header(token).map_err(|e| header_error(token, &e))?;
         // Local tokens: our algorithm, and for EdDSA our key id.
         if let Some(l) = &self.local
             && l.claims_token(&header)
@@ -185,6 +185,29 @@ impl Authenticator {
             }),
             None => Err(AuthError::Algorithm),
         }
+    }
+}
+
+/// Why a token's header cannot be decoded. A header naming an algorithm `jsonwebtoken` does
+/// not know (`none`, `HS1`, ...) fails to parse; that is a refused algorithm, not a malformed
+/// token.
+fn header_error(token: &str, e: &jsonwebtoken::errors::Error) -> AuthError {
+    use base64::Engine;
+    let unknown_alg = token
+        .split('.')
+        .next()
+        .and_then(|h| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(str::to_string))
+        .is_some_and(|a| a.parse::<Algorithm>().is_err());
+    if unknown_alg {
+        AuthError::Algorithm
+    } else {
+        AuthError::from_jwt(e)
     }
 }
 
