@@ -80,7 +80,7 @@ fn five_nodes_up_status_down() {
     let dir = tmp.path().join("tn");
     let _down = Down(dir.clone());
 
-    let up = testnet(&dir, &["up", "--nodes", "5"]);
+    let up = testnet(&dir, &["up", "--nodes", "5", "--timeout", "120s"]);
     assert!(up.status.success(), "testnet up: {}", show(&up));
     let rows = table(&stdout(&up));
     assert_eq!(rows.len(), 5, "five rows: {}", show(&up));
