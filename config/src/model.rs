@@ -478,6 +478,24 @@ pub struct Klp {
     pub handshake_timeout: Duration,
     /// Most established connections (approved peers do not count against it).
     pub max_connections: u32,
+    /// Roles this node grants to API calls that peers make over KLP. A peer is identified by
+    /// its MAP-verified node id, never by a token.
+    pub remote_roles: RemoteRoles,
+}
+
+/// Which role a peer's calls over KLP get: `peers.<peer id>`, else `default` (`null`: none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteRoles {
+    pub default: Option<Role>,
+    pub peers: BTreeMap<String, Role>,
+}
+
+impl RemoteRoles {
+    /// The role for a peer id, if any.
+    pub fn role_of(&self, peer: &str) -> Option<Role> {
+        self.peers.get(peer).copied().or(self.default)
+    }
 }
 
 impl Default for Klp {
@@ -493,6 +511,7 @@ impl Default for Klp {
             discovery_interfaces: Vec::new(),
             handshake_timeout: Duration::from_secs(5),
             max_connections: 256,
+            remote_roles: RemoteRoles::default(),
         }
     }
 }

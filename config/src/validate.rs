@@ -442,6 +442,19 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
             "KLP needs at least one listen address (e.g. /ip4/0.0.0.0/tcp/4001)",
         );
     }
+    for id in klp.remote_roles.peers.keys() {
+        let looks_like_id = id.len() == 52
+            && id.starts_with("12D3KooW")
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() && !"0OIl".contains(c));
+        if !looks_like_id {
+            cx.error(
+                &format!("federation.klp.remote_roles.peers.{id}"),
+                format!("`{id}` is not a kOS peer id (12D3KooW..., 52 characters)"),
+            );
+        }
+    }
     for (i, a) in klp.bootstrap.iter().enumerate() {
         if a.starts_with('/') && !a.contains("/p2p/") {
             cx.error(

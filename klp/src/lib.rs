@@ -37,7 +37,7 @@ use std::time::Duration;
 
 pub use kos_map_protocol::NodeId;
 pub use peers::{PeerEntry, PeersListError, parse_peers_list};
-pub use swarm::{Klp, KlpError, MAP_PROTOCOL, WIRE_LIMIT, WireRequest, WireResponse};
+pub use swarm::{InboundCall, Klp, KlpError, MAP_PROTOCOL, WIRE_LIMIT, WireRequest, WireResponse};
 
 /// The DNS-SD service type kOS nodes advertise.
 pub const SERVICE_TYPE: &str = "_kos-klp._udp.local.";

@@ -55,18 +55,56 @@ pub enum KlpError {
     Dial(String),
     #[error("DNS-SD: {0}")]
     Discovery(String),
+    #[error("remote call failed: {0}")]
+    Call(String),
 }
 
 /// MAP bytes on the wire (CBOR byte strings).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum WireRequest {
     Map(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// An API call from an admitted peer (see [`InboundCall`]).
+    Call {
+        method: String,
+        path: String,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum WireResponse {
     Map(#[serde(with = "serde_bytes")] Vec<u8>),
     Ack,
+    Call {
+        status: u16,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
+    /// The call was not taken (peer not admitted, node busy); the text says why.
+    Refused(String),
+}
+
+/// Where the answer to one of our remote calls goes.
+type CallReply = oneshot::Sender<Result<(u16, Vec<u8>), KlpError>>;
+
+/// Longest method and path accepted in a remote call.
+const MAX_CALL_METHOD: usize = 8;
+const MAX_CALL_PATH: usize = 1024;
+/// How long the node may take to answer a remote call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const INBOUND_CALL_QUEUE: usize = 32;
+
+/// An API call from an admitted peer, for the node to answer. The peer is identified by its
+/// MAP-verified node id; the node decides what it may do.
+#[derive(Debug)]
+pub struct InboundCall {
+    pub peer: NodeId,
+    pub method: String,
+    pub path: String,
+    pub body: Vec<u8>,
+    /// Status and body of the answer.
+    pub reply: oneshot::Sender<(u16, Vec<u8>)>,
 }
 
 #[derive(NetworkBehaviour)]
@@ -94,6 +132,13 @@ enum Command {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<(), KlpError>>,
     },
+    Call {
+        peer: PeerId,
+        method: String,
+        path: String,
+        body: Vec<u8>,
+        reply: CallReply,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -103,6 +148,7 @@ pub struct Klp {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<KlpEvent>,
     local_id: NodeId,
+    inbound_calls: std::sync::Arc<std::sync::Mutex<Option<mpsc::Receiver<InboundCall>>>>,
 }
 
 fn now_ms() -> u64 {
@@ -237,7 +283,15 @@ impl Klp {
 
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ev_tx, _) = broadcast::channel(EVENT_QUEUE);
+        let (calls_tx, calls_rx) = mpsc::channel(INBOUND_CALL_QUEUE);
+        let (call_replies_tx, call_replies_rx) = mpsc::channel(INBOUND_CALL_QUEUE);
         let mut lp = EventLoop {
+            calls_tx,
+            call_replies_tx,
+            call_replies_rx,
+            pending_calls: HashMap::new(),
+            next_call: 0,
+            calls_out: HashMap::new(),
             swarm,
             signing,
             local_id,
@@ -281,6 +335,7 @@ impl Klp {
                 commands: cmd_tx,
                 events: ev_tx,
                 local_id,
+                inbound_calls: std::sync::Arc::new(std::sync::Mutex::new(Some(calls_rx))),
             },
             task,
         ))
@@ -346,6 +401,38 @@ impl Klp {
         let topic = topic.to_string();
         self.ask(|reply| Command::Publish { topic, data, reply })
             .await?
+    }
+
+    /// Calls the API of an admitted peer as this node. The peer decides what this node may do
+    /// (its `remote_roles`); the answer is its HTTP status and body.
+    pub async fn call(
+        &self,
+        peer: &NodeId,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), KlpError> {
+        let peer = peer_id(peer).ok_or_else(|| KlpError::Call("not a peer id".into()))?;
+        let (method, path) = (method.to_string(), path.to_string());
+        if method.len() > MAX_CALL_METHOD || path.len() > MAX_CALL_PATH || !path.starts_with('/') {
+            return Err(KlpError::Call("malformed call".into()));
+        }
+        self.ask(|reply| Command::Call {
+            peer,
+            method,
+            path,
+            body,
+            reply,
+        })
+        .await?
+    }
+
+    /// The stream of API calls from peers. Only the first caller gets it.
+    pub fn take_inbound_calls(&self) -> Option<mpsc::Receiver<InboundCall>> {
+        self.inbound_calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Says goodbye to every peer and stops the task.
@@ -432,6 +519,14 @@ struct Peer {
 }
 
 struct EventLoop {
+    /// Remote calls handed to the node, and its answers coming back.
+    calls_tx: mpsc::Sender<InboundCall>,
+    call_replies_tx: mpsc::Sender<(u64, u16, Vec<u8>)>,
+    call_replies_rx: mpsc::Receiver<(u64, u16, Vec<u8>)>,
+    pending_calls: HashMap<u64, ResponseChannel<WireResponse>>,
+    next_call: u64,
+    /// Our calls in flight.
+    calls_out: HashMap<OutboundRequestId, CallReply>,
     swarm: Swarm<Behaviour>,
     signing: ed25519_dalek::SigningKey,
     local_id: NodeId,
@@ -485,6 +580,11 @@ impl EventLoop {
                 },
                 Some(d) = async { match discovered_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     self.on_discovered(d);
+                }
+                Some((id, status, body)) = self.call_replies_rx.recv() => {
+                    if let Some(ch) = self.pending_calls.remove(&id) {
+                        let _ = self.swarm.behaviour_mut().map.send_response(ch, WireResponse::Call { status, body });
+                    }
                 }
                 _ = tick.tick() => self.on_tick(),
             }
@@ -819,10 +919,12 @@ impl EventLoop {
                         request, channel, ..
                     },
                 ..
-            } => {
-                let WireRequest::Map(bytes) = request;
-                self.on_map_request(peer, bytes, channel);
-            }
+            } => match request {
+                WireRequest::Map(bytes) => self.on_map_request(peer, bytes, channel),
+                WireRequest::Call { method, path, body } => {
+                    self.on_call_request(peer, method, path, body, channel)
+                }
+            },
             Event::Message {
                 peer,
                 message:
@@ -833,9 +935,17 @@ impl EventLoop {
                 ..
             } => {
                 self.hellos.remove(&request_id);
+                if let Some(reply) = self.calls_out.remove(&request_id) {
+                    let _ = reply.send(match response {
+                        WireResponse::Call { status, body } => Ok((status, body)),
+                        WireResponse::Refused(why) => Err(KlpError::Call(why)),
+                        _ => Err(KlpError::Call("unexpected answer".into())),
+                    });
+                    return;
+                }
                 match response {
                     WireResponse::Map(bytes) => self.on_map_response(peer, &bytes),
-                    WireResponse::Ack => {}
+                    WireResponse::Ack | WireResponse::Call { .. } | WireResponse::Refused(_) => {}
                 }
             }
             Event::OutboundFailure {
@@ -846,6 +956,9 @@ impl EventLoop {
             } => {
                 if self.hellos.remove(&request_id).is_some() {
                     debug!(peer = %peer, error = %error, "Hello failed");
+                }
+                if let Some(reply) = self.calls_out.remove(&request_id) {
+                    let _ = reply.send(Err(KlpError::Call(error.to_string())));
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
@@ -859,6 +972,62 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    /// A remote call: only from admitted peers; handed to the node with a deadline.
+    fn on_call_request(
+        &mut self,
+        peer: PeerId,
+        method: String,
+        path: String,
+        body: Vec<u8>,
+        channel: ResponseChannel<WireResponse>,
+    ) {
+        let admitted = self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.state == Some(HandshakeState::Admitted));
+        let refuse = |lp: &mut Self, why: &str, ch| {
+            let _ = lp
+                .swarm
+                .behaviour_mut()
+                .map
+                .send_response(ch, WireResponse::Refused(why.into()));
+        };
+        let Some(node) = node_id(&peer).filter(|_| admitted) else {
+            refuse(self, "not admitted", channel);
+            return;
+        };
+        if method.len() > MAX_CALL_METHOD || path.len() > MAX_CALL_PATH || !path.starts_with('/') {
+            refuse(self, "malformed call", channel);
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        let call = InboundCall {
+            peer: node,
+            method,
+            path,
+            body,
+            reply: tx,
+        };
+        if self.calls_tx.try_send(call).is_err() {
+            refuse(self, "busy", channel);
+            return;
+        }
+        let id = self.next_call;
+        self.next_call += 1;
+        self.pending_calls.insert(id, channel);
+        let back = self.call_replies_tx.clone();
+        tokio::spawn(async move {
+            let (status, body) = match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+                Ok(Ok(answer)) => answer,
+                _ => (
+                    504,
+                    b"{\"title\":\"the node did not answer in time\"}".to_vec(),
+                ),
+            };
+            let _ = back.send((id, status, body)).await;
+        });
     }
 
     fn on_map_request(
@@ -1203,6 +1372,29 @@ impl EventLoop {
                     .map(|_| ())
                     .map_err(|e| KlpError::Dial(e.to_string()));
                 let _ = reply.send(r);
+            }
+            Command::Call {
+                peer,
+                method,
+                path,
+                body,
+                reply,
+            } => {
+                let admitted = self.peers.get(&peer).is_some_and(|p| {
+                    p.state == Some(HandshakeState::Admitted) && !p.connections.is_empty()
+                });
+                if !admitted {
+                    let _ = reply.send(Err(KlpError::Call(
+                        "the peer is not connected and admitted".into(),
+                    )));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .map
+                    .send_request(&peer, WireRequest::Call { method, path, body });
+                self.calls_out.insert(id, reply);
             }
             Command::Shutdown(_) => {}
         }

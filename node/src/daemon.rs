@@ -260,6 +260,11 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
     } else {
         None
     };
+    for id in cfg.federation.klp.remote_roles.peers.keys() {
+        id.parse::<kos_klp::NodeId>().map_err(|e| {
+            anyhow::anyhow!("federation.klp.remote_roles.peers: `{id}` is not a peer id: {e}")
+        })?;
+    }
     // Authentication and TLS material are checked before anything is bound too.
     let auth = crate::auth::Authenticator::new(cfg, &identity.id().to_string(), dir.root())
         .context("setting up authentication")?;
@@ -398,6 +403,14 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
         .await;
 
     let app = crate::api::router(state.clone());
+    if let Some(k) = &state.klp {
+        crate::federation::serve_remote_calls(
+            k,
+            app.clone(),
+            state.boot.config.federation.klp.remote_roles.clone(),
+            shutdown.clone(),
+        );
+    }
     let token = shutdown.clone();
     let st = state.clone();
     let task = tokio::spawn(async move {

@@ -1138,6 +1138,13 @@ fn routes() -> Vec<RouteCase> {
             None,
             R(Role::Viewer),
         ),
+        // Calling a peer acts with this node's identity: admin (409 here: no KLP).
+        c(
+            Method::POST,
+            "/api/peers/12D3KooWNoSuchPeer/call",
+            Some("{}"),
+            R(Role::Admin),
+        ),
     ]
 }
 

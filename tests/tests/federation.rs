@@ -305,3 +305,107 @@ async fn an_invalid_peers_list_stops_start_before_any_port_is_bound() {
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("port still free");
     drop(id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_call_each_other_with_the_role_the_callee_grants() {
+    let laid: Vec<_> = ["a", "b", "c"].iter().map(|n| layout(n)).collect();
+    let list: String = laid
+        .iter()
+        .map(|(_, id, p2p)| format!("{id} {p2p}\n"))
+        .collect();
+    for (dir, _, _) in &laid {
+        std::fs::write(dir.path().join("klp/peers.list"), &list).unwrap();
+    }
+    // b grants a the viewer role for calls over KLP; c gets nothing (no default).
+    let a_id = laid[0].1.clone();
+    let b_settings = laid[1].0.path().join("klp/klp_settings.yaml");
+    let mut s = std::fs::read_to_string(&b_settings).unwrap();
+    s.push_str(&format!("remote_roles:\n  peers:\n    {a_id}: viewer\n"));
+    std::fs::write(&b_settings, s).unwrap();
+    let mut nodes = Vec::new();
+    for (dir, id, p2p) in laid {
+        nodes.push(boot(dir, id, p2p).await);
+    }
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    for n in [a, c] {
+        let url = format!("{}/api/peers/{}", n.base, b.id);
+        wait_until("admitted to b", Duration::from_secs(20), async || {
+            let r = n.http.get(&url).send().await.unwrap();
+            r.status().is_success() && r.json::<Value>().await.unwrap()["state"] == "admitted"
+        })
+        .await;
+    }
+    let call = |n: &FedNode, body: Value| {
+        let req = n
+            .http
+            .post(format!("{}/api/peers/{}/call", n.base, b.id))
+            .json(&body);
+        async move { req.send().await.unwrap() }
+    };
+
+    // a reads b's status as viewer.
+    let r = call(a, json!({"method": "GET", "path": "/api/config/status"})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["body"]["node_id"], b.id.as_str());
+    // ... but cannot change b's configuration.
+    let hist_before = get(&b.http, &format!("{}/api/config/history", b.base)).await["entries"]
+        .as_array()
+        .unwrap()
+        .len();
+    let v: Value = call(a, json!({"method": "POST", "path": "/api/config/apply", "body": "profile: federation_node\n"})).await.json().await.unwrap();
+    assert_eq!(v["status"], 403, "{v}");
+    assert!(
+        v["body"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("grants your node `viewer`"),
+        "{v}"
+    );
+    assert_eq!(
+        get(&b.http, &format!("{}/api/config/history", b.base)).await["entries"]
+            .as_array()
+            .unwrap()
+            .len(),
+        hist_before
+    );
+    // c is admitted but b grants it no role.
+    let v: Value = call(c, json!({"method": "GET", "path": "/api/config/status"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], 403, "{v}");
+    // A peer that is not connected cannot be called.
+    let stranger = kos_node::identity::Identity::generate().unwrap().id();
+    let r = a
+        .http
+        .post(format!("{}/api/peers/{stranger}/call", a.base))
+        .json(&json!({"method": "GET", "path": "/healthz"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    // Calling out acts with the node's identity: admin only.
+    let viewer = kos_node::auth::local::mint_for_dir(
+        a.dir.path(),
+        &a.node.state.config().config,
+        &a.id,
+        kos_node::auth::Role::Operator,
+        Duration::from_secs(60),
+    )
+    .unwrap()
+    .unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/peers/{}/call", a.base, b.id))
+        .bearer_auth(viewer)
+        .json(&json!({"method": "GET", "path": "/api/config/status"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    for n in nodes {
+        n.node.stop().await.unwrap();
+    }
+}

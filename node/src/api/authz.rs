@@ -116,6 +116,27 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| req.uri().path().to_string());
+    // A call from a peer over KLP carries the identity MAP verified and the role this node's
+    // `remote_roles` grants it; it never falls back to "open".
+    if let Some(RemoteCaller(p)) = req.extensions().get::<RemoteCaller>().cloned() {
+        let needed = required_role(req.method(), &route, state.boot.config.api.metrics_auth);
+        if let Some(needed) = needed
+            && p.role < needed
+        {
+            return Problem::new(
+                StatusCode::FORBIDDEN,
+                "urn:kos:problem:insufficient-scope",
+                "Forbidden",
+                format!(
+                    "this needs the `{needed}` role; this node grants your node `{}`",
+                    p.role
+                ),
+            )
+            .into_response();
+        }
+        req.extensions_mut().insert(p);
+        return next.run(req).await;
+    }
     let Some(needed) = required_role(req.method(), &route, state.boot.config.api.metrics_auth)
     else {
         return next.run(req).await;
@@ -209,3 +230,8 @@ pub fn actor(p: Option<&Principal>) -> String {
         None => "api".into(),
     }
 }
+
+/// Marks a request that came from a peer over KLP (set only by the node itself, never from
+/// HTTP input), with the peer as principal.
+#[derive(Clone, Debug)]
+pub struct RemoteCaller(pub Principal);

@@ -19,6 +19,7 @@
 //! | GET | `/api/peers` | approved, connected and discovered peers |
 //! | GET | `/api/peers/{id}` | one peer |
 //! | POST | `/api/peers/dial` | dial a multiaddr (admission still goes through MAP) |
+//! | POST | `/api/peers/{id}/call` | call an admitted peer's API as this node (admin) |
 
 pub mod authz;
 mod config;
@@ -77,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/peers", get(peers::list))
         .route("/api/peers/dial", post(peers::dial))
         .route("/api/peers/{id}", get(peers::read))
+        .route("/api/peers/{id}/call", post(peers::call))
         .route(authz::METADATA_PATH, get(authz::metadata))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

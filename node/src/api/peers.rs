@@ -90,3 +90,50 @@ pub async fn dial(
         Err(e) => Err(Problem::internal(&e)),
     }
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallBody {
+    method: String,
+    path: String,
+    /// JSON body; a JSON string is sent as raw text (e.g. a YAML document).
+    #[serde(default)]
+    body: Option<serde_json::Value>,
+}
+
+/// `POST /api/peers/{id}/call` `{"method": "GET", "path": "/api/config/status"}`: calls the
+/// API of an admitted peer as this node (admin only: the peer decides what this node may do,
+/// so whoever calls acts with this node's identity). Answers `{"status", "body"}`.
+pub async fn call(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<CallBody>,
+) -> Result<Response, Problem> {
+    let peer: kos_klp::NodeId = id
+        .parse()
+        .map_err(|e| Problem::bad_request(format!("`{id}` is not a peer id: {e}")))?;
+    let k = klp(&state)?;
+    let body = match b.body {
+        None => Vec::new(),
+        Some(serde_json::Value::String(s)) => s.into_bytes(),
+        Some(v) => v.to_string().into_bytes(),
+    };
+    match k.call(&peer, &b.method, &b.path, body).await {
+        Ok((status, bytes)) => {
+            let body = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+            });
+            Ok(super::json(
+                StatusCode::OK,
+                json!({"peer": id, "status": status, "body": body}),
+            ))
+        }
+        Err(kos_klp::KlpError::Call(why)) => Err(Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "urn:kos:problem:remote-call-failed",
+            "The peer did not take the call",
+            why,
+        )),
+        Err(e) => Err(Problem::internal(&e)),
+    }
+}
