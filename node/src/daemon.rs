@@ -49,6 +49,23 @@ impl std::fmt::Debug for NodeOptions {
     }
 }
 
+impl NodeOptions {
+    /// A node on its config directory alone: no process environment, no directory creation,
+    /// the API on an ephemeral loopback port. What tests and embedders want.
+    pub fn local(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            load: LoadOptions {
+                capabilities: capabilities(),
+                ..LoadOptions::default()
+            },
+            create_if_missing: false,
+            listen_override: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            log_reloader: None,
+        }
+    }
+}
+
 /// What this build supports, from its cargo features.
 pub fn capabilities() -> kos_config::Capabilities {
     kos_config::Capabilities {

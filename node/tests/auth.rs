@@ -270,16 +270,10 @@ impl Node {
     }
 
     async fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
-        let node = start(NodeOptions {
-            dir: dir.path().to_path_buf(),
-            load: LoadOptions {
-                env: env_map(env),
-                capabilities: capabilities(),
-                profile: None,
-            },
-            create_if_missing: false,
-            listen_override: Some("127.0.0.1:0".parse().unwrap()),
-            log_reloader: None,
+        let node = start({
+            let mut o = NodeOptions::local(dir.path().to_path_buf());
+            o.load.env = env_map(env);
+            o
         })
         .await
         .unwrap();
@@ -1408,19 +1402,7 @@ async fn tls_self_signed_from_kos_init() {
     );
 
     // The node serves HTTPS with it.
-    let node = start(NodeOptions {
-        dir: home.clone(),
-        load: LoadOptions {
-            env: BTreeMap::new(),
-            capabilities: capabilities(),
-            profile: None,
-        },
-        create_if_missing: false,
-        listen_override: Some("127.0.0.1:0".parse().unwrap()),
-        log_reloader: None,
-    })
-    .await
-    .unwrap();
+    let node = start(NodeOptions::local(home.clone())).await.unwrap();
     assert!(node.state.boot.config.api.tls.is_some());
     let port = node.addr.port();
     let https = Client::builder()

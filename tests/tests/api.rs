@@ -1,11 +1,10 @@
 //! The kConfigD HTTP API over real HTTP, against in-process nodes on 127.0.0.1:0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use kos_config::{LoadOptions, ProfileKind};
-use kos_node::daemon::{NodeOptions, RunningNode, capabilities, start};
+use kos_config::ProfileKind;
+use kos_node::daemon::{NodeOptions, RunningNode, start};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -24,19 +23,9 @@ impl TestNode {
     async fn start_with(kind: ProfileKind) -> Self {
         let dir = tempfile::tempdir().unwrap();
         kos_config::layout::init_layout(dir.path(), kind).unwrap();
-        let node = start(NodeOptions {
-            dir: dir.path().to_path_buf(),
-            load: LoadOptions {
-                env: BTreeMap::new(),
-                capabilities: capabilities(),
-                profile: None,
-            },
-            create_if_missing: false,
-            listen_override: Some("127.0.0.1:0".parse().unwrap()),
-            log_reloader: None,
-        })
-        .await
-        .unwrap();
+        let node = start(NodeOptions::local(dir.path().to_path_buf()))
+            .await
+            .unwrap();
         let base = format!("http://{}", node.addr);
         Self {
             node,

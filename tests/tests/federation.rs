@@ -1,11 +1,10 @@
 //! Nodes with KLP, in-process on 127.0.0.1: the peers API, peers.list hot reload, metrics.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kos_config::{LoadOptions, ProfileKind};
-use kos_node::daemon::{NodeOptions, RunningNode, capabilities, start};
+use kos_config::ProfileKind;
+use kos_node::daemon::{NodeOptions, RunningNode, start};
 use kos_tests::free_port;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -42,19 +41,9 @@ fn layout(name: &str) -> (tempfile::TempDir, String, String) {
 }
 
 async fn boot(dir: tempfile::TempDir, id: String, p2p: String) -> FedNode {
-    let node = start(NodeOptions {
-        dir: dir.path().to_path_buf(),
-        load: LoadOptions {
-            env: BTreeMap::new(),
-            capabilities: capabilities(),
-            profile: None,
-        },
-        create_if_missing: false,
-        listen_override: Some("127.0.0.1:0".parse().unwrap()),
-        log_reloader: None,
-    })
-    .await
-    .unwrap();
+    let node = start(NodeOptions::local(dir.path().to_path_buf()))
+        .await
+        .unwrap();
     let base = format!("http://{}", node.addr);
     let mut headers = reqwest::header::HeaderMap::new();
     let config = node.state.config().config.clone();
@@ -285,19 +274,9 @@ async fn an_invalid_peers_list_stops_start_before_any_port_is_bound() {
         "# ok\n12D3KooWnot-a-real-id /ip4/127.0.0.1/tcp/1\n",
     )
     .unwrap();
-    let err = start(NodeOptions {
-        dir: dir.path().to_path_buf(),
-        load: LoadOptions {
-            env: BTreeMap::new(),
-            capabilities: capabilities(),
-            profile: None,
-        },
-        create_if_missing: false,
-        listen_override: Some("127.0.0.1:0".parse().unwrap()),
-        log_reloader: None,
-    })
-    .await
-    .unwrap_err();
+    let err = start(NodeOptions::local(dir.path().to_path_buf()))
+        .await
+        .unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("klp/peers.list:2:"), "{msg}");
     // The KLP port was never bound.

@@ -12,7 +12,6 @@
 //! the test prints `NOT RUN` and returns.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -20,8 +19,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use kos_config::{LoadOptions, ProfileKind};
-use kos_node::daemon::{NodeOptions, RunningNode, capabilities, start};
+use kos_config::ProfileKind;
+use kos_node::daemon::{NodeOptions, RunningNode, start};
 use kos_tests::{free_port, require};
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
@@ -331,19 +330,9 @@ impl TestNode {
         );
         let profile = replace_auth_section(&std::fs::read_to_string(&path).unwrap(), &auth);
         std::fs::write(&path, &profile).unwrap();
-        let node = start(NodeOptions {
-            dir: dir.path().to_path_buf(),
-            load: LoadOptions {
-                env: BTreeMap::new(),
-                capabilities: capabilities(),
-                profile: None,
-            },
-            create_if_missing: false,
-            listen_override: Some("127.0.0.1:0".parse().unwrap()),
-            log_reloader: None,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("node did not start with this profile: {e:#}\n{profile}"));
+        let node = start(NodeOptions::local(dir.path().to_path_buf()))
+            .await
+            .unwrap_or_else(|e| panic!("node did not start with this profile: {e:#}\n{profile}"));
         let base = format!("http://{}", node.addr);
         Self {
             node,

@@ -98,17 +98,9 @@ fn main() -> Result<()> {
         let d = tempfile::tempdir()?;
         kos_config::layout::init_layout(d.path(), ProfileKind::Standalone)?;
         let t = Instant::now();
-        let node = rt.block_on(kos_node::daemon::start(kos_node::daemon::NodeOptions {
-            dir: d.path().to_path_buf(),
-            load: LoadOptions {
-                env: BTreeMap::new(),
-                capabilities: kos_node::daemon::capabilities(),
-                profile: None,
-            },
-            create_if_missing: false,
-            listen_override: Some("127.0.0.1:0".parse()?),
-            log_reloader: None,
-        }))?;
+        let node = rt.block_on(kos_node::daemon::start(
+            kos_node::daemon::NodeOptions::local(d.path().to_path_buf()),
+        ))?;
         v.push(t.elapsed());
         rt.block_on(node.stop())?;
     }
