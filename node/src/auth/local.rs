@@ -52,8 +52,27 @@ impl TokenKey {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        kos_config::snapshot::atomic_write(&path, pem.as_bytes(), Some(0o600), &mut |_| {})
-            .with_context(|| format!("writing {}", path.display()))?;
+        // Create exclusively: the node and a CLI command may both get here at once. Write a
+        // private temporary file, then hard-link it into place, which fails if the key already
+        // exists; the loser loads the winner's key, so everyone signs with the same one.
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let tmp = path.with_file_name(format!(
+            ".token.key.{}.{}",
+            std::process::id(),
+            hex::encode(nonce)
+        ));
+        kos_config::snapshot::atomic_write(&tmp, pem.as_bytes(), Some(0o600), &mut |_| {})
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Self::load_or_create(dir);
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        }
         Ok(Self { key })
     }
 
@@ -237,4 +256,36 @@ pub fn mint_for_dir(
     ttl: Duration,
 ) -> Result<Option<String>> {
     mint_named(dir, config, node_id, "kos-cli", role, ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_creation_yields_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let kids: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| s.spawn(|| TokenKey::load_or_create(dir.path()).unwrap().kid()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let on_disk = TokenKey::load_or_create(dir.path()).unwrap().kid();
+        assert!(kids.iter().all(|k| *k == on_disk), "{kids:?} vs {on_disk}");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("auth"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(TokenKey::path(dir.path()))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
 }
