@@ -275,6 +275,8 @@ fn init(dir: &Path, kind: ProfileKind, tls_self_signed: bool) -> Result<()> {
     let report = kos_config::layout::init_layout(dir, kind)
         .with_context(|| format!("initializing {}", dir.display()))?;
     let (identity, created) = Identity::load_or_create(dir)?;
+    let token_key_existed = crate::auth::local::TokenKey::path(dir).exists();
+    crate::auth::local::TokenKey::load_or_create(dir)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "config directory: {}", dir.display())?;
     for f in &report.created {
@@ -288,6 +290,16 @@ fn init(dir: &Path, kind: ProfileKind, tls_self_signed: bool) -> Result<()> {
         "  {} {}",
         if created { "created" } else { "kept   " },
         crate::identity::IDENTITY_FILE
+    )?;
+    writeln!(
+        out,
+        "  {} {}",
+        if token_key_existed {
+            "kept   "
+        } else {
+            "created"
+        },
+        crate::auth::local::TOKEN_KEY_FILE
     )?;
     for n in &report.notes {
         writeln!(out, "note: {n}")?;

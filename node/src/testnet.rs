@@ -128,6 +128,8 @@ pub fn up(dir: &Path, n: usize, timeout: Duration) -> Result<()> {
         }
         kos_config::layout::init_layout(&nd, ProfileKind::FederationNode)?;
         let (identity, _) = Identity::load_or_create(&nd)?;
+        // The token key too, before any process starts (the CLI mints tokens with it).
+        crate::auth::local::TokenKey::load_or_create(&nd)?;
         let api: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let p2p = format!("/ip4/127.0.0.1/tcp/{}", free_port()?);
         nodes.push(TestnetNode {
