@@ -34,9 +34,27 @@
 //! decoding, field limits, `public_key` against `node_id`, `node_id` against the transport
 //! peer, the signature over the body bytes as received, the timestamp against `now_ms`,
 //! and the nonce against a [`ReplayGuard`] (whose window is also the allowed clock skew).
+//!
+//! # The federation op-log
+//!
+//! [`fedlog`] holds what federation admins decide together: ops signed by admin keys
+//! (approve or revoke a peer, add or remove an admin, publish a configuration), replicated
+//! by every node as a DAG ([`Log`]). Each op is checked against its own causal past (author
+//! an admin there, threshold signatures for admin-set changes, per-author sequence, Lamport
+//! clock above its parents'), and the derived [`State`] (admins, approved and revoked peers,
+//! configuration per scope) depends only on the set of ops, never on their arrival order:
+//! revocations win over concurrent approvals, the last configuration by `(lamport, hash)`
+//! wins. Ops are canonical CBOR signed over `b"kos-fedlog/1\0" || bytes` and named by their
+//! SHA-256 ([`OpHash`]). [`Log::ops_after`] gives a peer exactly the ops it is missing.
 
+pub mod fedlog;
 pub mod identity;
 pub mod map;
+
+pub use fedlog::{
+    Approval, FEDLOG_SIGNATURE_CONTEXT, Genesis, Log, LogError, Op, OpBody, OpHash, Published,
+    Revocation, State, UnsignedOp,
+};
 
 pub use identity::{IdError, NodeId};
 pub use map::{

@@ -706,7 +706,7 @@ impl Default for ReplayGuard {
 
 /// Serde for byte arrays and vectors as CBOR byte strings (serde's default would be an
 /// array of integers). Decoding accepts only a byte string of the right length.
-mod byte_string {
+pub(crate) mod byte_string {
     use std::fmt;
 
     use serde::de::{self, Deserializer, Visitor};
@@ -745,7 +745,7 @@ mod byte_string {
 }
 
 /// A [`NodeId`] as the byte string of its 38-byte `PeerId`.
-mod node_id_bytes {
+pub(crate) mod node_id_bytes {
     use serde::de::{self, Deserializer};
     use serde::ser::Serializer;
 
