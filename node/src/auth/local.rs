@@ -213,6 +213,46 @@ impl std::fmt::Debug for LocalVerifier {
     }
 }
 
+/// The local signing key the configuration selects: the token key (EdDSA) or the HS256
+/// secret. One place decides, for both the node (verifying) and the CLI (minting).
+pub(crate) enum ConfiguredKey {
+    Eddsa(TokenKey),
+    Hs256(Vec<u8>),
+}
+
+impl ConfiguredKey {
+    /// `None` when local tokens are disabled.
+    pub(crate) fn load(config: &kos_config::Config, dir: &Path) -> Result<Option<Self>> {
+        let a = &config.auth;
+        if !a.jwt.is_enabled() {
+            return Ok(None);
+        }
+        Ok(Some(match a.jwt_algorithm {
+            kos_config::model::JwtAlgorithm::Eddsa => Self::Eddsa(TokenKey::load_or_create(dir)?),
+            kos_config::model::JwtAlgorithm::Hs256 => Self::Hs256(
+                a.jwt_secret
+                    .as_ref()
+                    .map(|s| s.expose().as_bytes().to_vec())
+                    .unwrap_or_default(),
+            ),
+        }))
+    }
+
+    pub(crate) fn issue_key(&self) -> IssueKey<'_> {
+        match self {
+            Self::Eddsa(k) => IssueKey::Eddsa(k),
+            Self::Hs256(secret) => IssueKey::Hs256(secret),
+        }
+    }
+
+    pub(crate) fn verifier(&self, node_id: &str) -> LocalVerifier {
+        match self {
+            Self::Eddsa(k) => LocalVerifier::eddsa(k, node_id),
+            Self::Hs256(secret) => LocalVerifier::hs256(secret, node_id),
+        }
+    }
+}
+
 /// A token with a chosen subject, signed the way the configuration says.
 pub fn mint_named(
     dir: &Path,
@@ -222,28 +262,10 @@ pub fn mint_named(
     role: Role,
     ttl: Duration,
 ) -> Result<Option<String>> {
-    let a = &config.auth;
-    if !a.jwt.is_enabled() {
-        return Ok(None);
+    match ConfiguredKey::load(config, dir)? {
+        Some(k) => issue(k.issue_key(), node_id, sub, role, ttl).map(Some),
+        None => Ok(None),
     }
-    let token = match a.jwt_algorithm {
-        kos_config::model::JwtAlgorithm::Eddsa => issue(
-            IssueKey::Eddsa(&TokenKey::load_or_create(dir)?),
-            node_id,
-            sub,
-            role,
-            ttl,
-        )?,
-        kos_config::model::JwtAlgorithm::Hs256 => {
-            let secret = a
-                .jwt_secret
-                .as_ref()
-                .map(|s| s.expose().as_bytes().to_vec())
-                .unwrap_or_default();
-            issue(IssueKey::Hs256(&secret), node_id, sub, role, ttl)?
-        }
-    };
-    Ok(Some(token))
 }
 
 /// A token for talking to the node of a config directory from this machine (the CLI has

@@ -15,8 +15,8 @@ pub mod oidc;
 use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use kos_config::model::Config;
 pub use kos_config::model::Role;
-use kos_config::model::{Config, JwtAlgorithm};
 use serde::{Deserialize, Serialize};
 
 /// Largest bearer token accepted.
@@ -127,23 +127,7 @@ impl Authenticator {
     /// audience; `dir` is the config directory (token key).
     pub fn new(config: &Config, node_id: &str, dir: &std::path::Path) -> anyhow::Result<Self> {
         let a = &config.auth;
-        let local = if a.jwt.is_enabled() {
-            Some(match a.jwt_algorithm {
-                JwtAlgorithm::Eddsa => {
-                    local::LocalVerifier::eddsa(&local::TokenKey::load_or_create(dir)?, node_id)
-                }
-                JwtAlgorithm::Hs256 => {
-                    let secret = a
-                        .jwt_secret
-                        .as_ref()
-                        .map(|s| s.expose().as_bytes().to_vec())
-                        .unwrap_or_default();
-                    local::LocalVerifier::hs256(&secret, node_id)
-                }
-            })
-        } else {
-            None
-        };
+        let local = local::ConfiguredKey::load(config, dir)?.map(|k| k.verifier(node_id));
         let oidc = if a.oidc.active() {
             Some(Arc::new(oidc::OidcVerifier::new(&a.oidc)?))
         } else {
