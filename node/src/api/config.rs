@@ -1,7 +1,7 @@
 //! kConfigD: `/api/config/...`.
 
 use axum::Extension;
-use axum::extract::{Query, State};
+use axum::extract::State;
 
 use crate::auth::Principal;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::problem::Problem;
-use super::{AppState, JsonBody, TextBody, blocking};
+use super::{AppState, JsonBody, QueryParams, TextBody, blocking};
 use crate::daemon::{Change, apply_document};
 
 fn etag(id: &SnapshotId) -> HeaderValue {
@@ -103,9 +103,8 @@ async fn resolve_side(state: &AppState, what: &str) -> Result<(String, Value), P
 /// compares the running configuration with the current one: what a restart would change.
 pub async fn diff(
     State(state): State<AppState>,
-    q: Result<Query<DiffQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<DiffQuery>,
 ) -> Result<Response, Problem> {
-    let Query(q) = q.map_err(|e| Problem::bad_request(e.body_text()))?;
     let (from_label, to_label) = match (&q.profile, &q.to) {
         (Some(_), Some(_)) => {
             return Err(Problem::bad_request(
@@ -307,9 +306,8 @@ pub struct HistoryQuery {
 /// `GET /api/config/history?limit=N`: newest first.
 pub async fn history(
     State(state): State<AppState>,
-    q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<HistoryQuery>,
 ) -> Result<Response, Problem> {
-    let Query(q) = q.map_err(|e| Problem::bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(50).min(1000);
     let store = state.snapshots.clone();
     let mut entries = blocking(move || store.history())

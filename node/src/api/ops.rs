@@ -1,13 +1,13 @@
 //! Operations endpoints: liveness, readiness, metrics, events.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::AppState;
 use super::problem::Problem;
+use super::{AppState, QueryParams};
 use crate::store::EventLog;
 
 /// `GET /healthz`: the process is alive.
@@ -54,9 +54,8 @@ pub struct EventsQuery {
 /// `GET /api/events?limit=&before=`: node events, newest first.
 pub async fn events(
     State(state): State<AppState>,
-    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<EventsQuery>,
 ) -> Result<Response, Problem> {
-    let Query(q) = q.map_err(|e| Problem::bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let events = state
         .db
