@@ -74,23 +74,21 @@ fn signal(pid: u32, sig: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Admitted and connected peers of a node, or `None` if it does not answer.
-fn admitted(x: &TestnetNode) -> Option<Vec<String>> {
+/// A viewer token for a node (minted with its token key), valid for `ttl`.
+fn viewer_token(x: &TestnetNode, ttl: Duration) -> Option<String> {
     let opts = kos_config::LoadOptions {
         capabilities: crate::daemon::capabilities(),
         ..Default::default()
     };
     let config = kos_config::ConfigDir::new(&x.dir).load(&opts).ok()?.config;
-    let token = crate::cli::cli_token(&x.dir, &config, crate::auth::Role::Viewer)
+    crate::auth::local::mint_for_dir(&x.dir, &config, &x.peer_id, crate::auth::Role::Viewer, ttl)
         .ok()
-        .flatten();
-    let v = get_json(
-        x.api,
-        "/api/peers",
-        token.as_deref(),
-        Duration::from_secs(2),
-    )
-    .ok()?;
+        .flatten()
+}
+
+/// Admitted and connected peers of a node, or `None` if it does not answer.
+fn admitted(x: &TestnetNode, token: Option<&str>) -> Option<Vec<String>> {
+    let v = get_json(x.api, "/api/peers", token, Duration::from_secs(2)).ok()?;
     Some(
         v["peers"]
             .as_array()?
@@ -217,11 +215,16 @@ pub fn up(dir: &Path, n: usize, timeout: Duration) -> Result<()> {
     }
     let state = state;
 
-    // Wait for full admission.
+    // Wait for full admission, with one token per node for the whole wait.
+    let tokens: Vec<Option<String>> = state
+        .nodes
+        .iter()
+        .map(|x| viewer_token(x, timeout + Duration::from_secs(60)))
+        .collect();
     let deadline = Instant::now() + timeout;
     loop {
         let mut done = true;
-        for x in &state.nodes {
+        for (x, token) in state.nodes.iter().zip(&tokens) {
             if !is_ours(x.pid, &x.dir) {
                 bail!(
                     "{} exited during start; see {}",
@@ -229,7 +232,7 @@ pub fn up(dir: &Path, n: usize, timeout: Duration) -> Result<()> {
                     x.dir.join("kos.log").display()
                 );
             }
-            if admitted(x).is_none_or(|a| a.len() < n - 1) {
+            if admitted(x, token.as_deref()).is_none_or(|a| a.len() < n - 1) {
                 done = false;
             }
         }
@@ -237,7 +240,7 @@ pub fn up(dir: &Path, n: usize, timeout: Duration) -> Result<()> {
             break;
         }
         if Instant::now() > deadline {
-            print_table(&state);
+            print_table(&state, &tokens);
             bail!(
                 "not every node admitted every other within {timeout:?}; `kos testnet status --dir {}` shows where it stands",
                 dir.display()
@@ -245,7 +248,7 @@ pub fn up(dir: &Path, n: usize, timeout: Duration) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    print_table(&state);
+    print_table(&state, &tokens);
     println!(
         "\nall {n} nodes admitted each other. Stop with: kos testnet down --dir {}",
         dir.display()
@@ -253,14 +256,14 @@ pub fn up(dir: &Path, n: usize, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-fn print_table(t: &Testnet) {
+fn print_table(t: &Testnet, tokens: &[Option<String>]) {
     println!(
         "{:<8} {:<54} {:<24} {:>9}  running",
         "node", "peer id", "API", "admitted"
     );
-    for x in &t.nodes {
+    for (x, token) in t.nodes.iter().zip(tokens) {
         let running = is_ours(x.pid, &x.dir);
-        let adm = admitted(x).map_or("-".to_string(), |a| a.len().to_string());
+        let adm = admitted(x, token.as_deref()).map_or("-".to_string(), |a| a.len().to_string());
         println!(
             "{:<8} {:<54} {:<24} {:>9}  {}",
             x.name,
@@ -276,7 +279,12 @@ pub fn status(dir: &Path) -> Result<()> {
     let Some(t) = load(dir)? else {
         bail!("no testnet in {} (no {STATE_FILE})", dir.display())
     };
-    print_table(&t);
+    let tokens: Vec<Option<String>> = t
+        .nodes
+        .iter()
+        .map(|x| viewer_token(x, Duration::from_secs(60)))
+        .collect();
+    print_table(&t, &tokens);
     Ok(())
 }
 
