@@ -17,6 +17,7 @@ pub mod de;
 pub mod diag;
 pub mod diff;
 pub mod envfile;
+pub mod federation;
 pub mod layout;
 pub mod load;
 pub mod model;

@@ -2,7 +2,8 @@
 //!
 //! Precedence, lowest first: built-in preset of the profile kind < `profiles/<id>.yaml` <
 //! `klp/klp_settings.yaml` (as `federation.klp`) < `agents/<name>.yaml` (as `agents.<name>`)
-//! < `system.env` < `secrets.env` (secret fields only) < process environment (`KOS_...`).
+//! < federation snapshots (`federation/config/<scope>.yaml`, only their scopes' paths, see
+//! [`crate::federation`]) < `system.env` < `secrets.env` (secret fields only) < process environment (`KOS_...`).
 //! Environment keys map to paths by lower-casing and splitting on `__`:
 //! `KOS_FEDERATION__KLP__ENABLED=true` sets `federation.klp.enabled`.
 
@@ -88,6 +89,8 @@ pub struct Loaded {
 /// Every source other than the profile document.
 #[derive(Clone, Debug, Default)]
 pub struct Overlays {
+    /// Accepted federation snapshots, by scope (sorted).
+    pub federation: Vec<(String, Node)>,
     pub klp_settings: Option<Node>,
     pub agents: Vec<(String, Node)>,
     pub system_env: Vec<EnvEntry>,
@@ -208,6 +211,17 @@ impl ConfigDir {
             Ok(None) => {}
             Err(d) => diags.push(d),
         }
+        for scope in crate::federation::SCOPES {
+            let rel = crate::federation::scope_file(scope.name);
+            match self.read_optional(&rel) {
+                Ok(Some(text)) => match crate::federation::check_content(scope.name, &text, &rel) {
+                    Ok(n) => ov.federation.push((scope.name.to_string(), n)),
+                    Err(e) => diags.extend(e.0),
+                },
+                Ok(None) => {}
+                Err(d) => diags.push(d),
+            }
+        }
         let agents_dir = self.root.join(AGENTS_DIR);
         if agents_dir.is_dir() {
             let mut files: Vec<String> = match fs::read_dir(&agents_dir) {
@@ -326,6 +340,27 @@ impl ConfigDir {
         let ov = self.read_overlays(&opts.env);
         assemble(id, text, source, &ov, &opts.capabilities)
     }
+
+    /// Loads the active profile as if the federation snapshot of `scope` were `tree` (from
+    /// [`crate::federation::check_content`]): what a node checks before accepting one.
+    pub fn load_with_federation(
+        &self,
+        opts: &LoadOptions,
+        scope: &str,
+        tree: Node,
+    ) -> Result<Loaded, Diagnostics> {
+        let mut ov = self.read_overlays(&opts.env);
+        ov.federation.retain(|(s, _)| s != scope);
+        ov.federation.push((scope.to_string(), tree));
+        ov.federation.sort_by(|a, b| a.0.cmp(&b.0));
+        let id = self
+            .active_profile_id(opts, &ov)
+            .map_err(|d| Diagnostics(vec![d]))?;
+        let rel = Self::profile_rel(&id);
+        let text = fs::read_to_string(self.profile_path(&id))
+            .map_err(|e| Diagnostics(vec![io_diag(&rel, &e)]))?;
+        assemble(&id, &text, &rel, &ov, &opts.capabilities)
+    }
 }
 
 #[cfg(unix)]
@@ -422,6 +457,11 @@ pub fn assemble(
     }
     for (name, node) in &ov.agents {
         tree.set_path(&["agents".into(), name.clone()], node.clone());
+    }
+    // Federation snapshots own their scopes' sections: above the node's files, below the
+    // environment (see `crate::federation`).
+    for (_, node) in &ov.federation {
+        tree.overlay(node.clone());
     }
 
     let top_fields = struct_fields::<Config>();

@@ -481,6 +481,15 @@ pub struct Klp {
     /// Roles this node grants to API calls that peers make over KLP. A peer is identified by
     /// its MAP-verified node id, never by a token.
     pub remote_roles: RemoteRoles,
+    /// Federation admin keys (node-id form, `12D3KooW...`, from `kos admin keygen`): only ops
+    /// signed by them change the federation's approved peers and shared configuration.
+    /// Empty: no federation sync (peers.list alone decides).
+    pub admins: Vec<String>,
+    /// How many admin signatures a change of the admin set needs (1..=admins).
+    pub admin_threshold: u32,
+    /// How often the node compares op-logs with a connected peer (anti-entropy); it also
+    /// does on every admission.
+    pub sync_interval: Duration,
 }
 
 /// Which role a peer's calls over KLP get: `peers.<peer id>`, else `default` (`null`: none).
@@ -512,6 +521,9 @@ impl Default for Klp {
             handshake_timeout: Duration::from_secs(5),
             max_connections: 256,
             remote_roles: RemoteRoles::default(),
+            admins: Vec::new(),
+            admin_threshold: 1,
+            sync_interval: Duration::from_secs(10),
         }
     }
 }

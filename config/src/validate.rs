@@ -442,13 +442,47 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
             "KLP needs at least one listen address (e.g. /ip4/0.0.0.0/tcp/4001)",
         );
     }
-    for id in klp.remote_roles.peers.keys() {
-        let looks_like_id = id.len() == 52
+    let looks_like_id = |id: &str| {
+        id.len() == 52
             && id.starts_with("12D3KooW")
             && id
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() && !"0OIl".contains(c));
-        if !looks_like_id {
+                .all(|c| c.is_ascii_alphanumeric() && !"0OIl".contains(c))
+    };
+    let mut admins = BTreeSet::new();
+    for (i, id) in klp.admins.iter().enumerate() {
+        if !looks_like_id(id) {
+            cx.error(
+                &format!("federation.klp.admins[{i}]"),
+                format!("`{id}` is not an admin key id (12D3KooW..., 52 characters, from `kos admin keygen`)"),
+            );
+        } else if !admins.insert(id.as_str()) {
+            cx.error(
+                &format!("federation.klp.admins[{i}]"),
+                format!("`{id}` is listed twice"),
+            );
+        }
+    }
+    if !klp.admins.is_empty()
+        && (klp.admin_threshold == 0 || klp.admin_threshold as usize > klp.admins.len())
+    {
+        cx.error(
+            "federation.klp.admin_threshold",
+            format!(
+                "must be between 1 and the number of admins ({})",
+                klp.admins.len()
+            ),
+        );
+    }
+    let si = klp.sync_interval.get();
+    if si < std::time::Duration::from_millis(100) || si > std::time::Duration::from_secs(3600) {
+        cx.error(
+            "federation.klp.sync_interval",
+            "must be between 100ms and 1h",
+        );
+    }
+    for id in klp.remote_roles.peers.keys() {
+        if !looks_like_id(id) {
             cx.error(
                 &format!("federation.klp.remote_roles.peers.{id}"),
                 format!("`{id}` is not a kOS peer id (12D3KooW..., 52 characters)"),
@@ -469,6 +503,14 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
     for (i, s) in c.services.iter().enumerate() {
         if !seen.insert(*s) {
             cx.error(&format!("services[{i}]"), format!("`{s}` is listed twice"));
+        }
+    }
+    for (i, s) in c.services.iter().enumerate() {
+        if c.agents.get(s.as_str()).is_some_and(|a| !a.enabled) {
+            cx.error(
+                &format!("services[{i}]"),
+                format!("`{s}` is offered, but `agents.{s}.enabled` is false: peers would call a disabled agent"),
+            );
         }
     }
     for (name, agent) in &c.agents {

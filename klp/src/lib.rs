@@ -36,8 +36,13 @@ mod swarm;
 use std::time::Duration;
 
 pub use kos_map_protocol::NodeId;
-pub use peers::{PeerEntry, PeersListError, parse_peers_list};
-pub use swarm::{InboundCall, Klp, KlpError, MAP_PROTOCOL, WIRE_LIMIT, WireRequest, WireResponse};
+pub use peers::{
+    Blocked, PeerEntry, PeersFile, PeersListError, parse_peers_file, parse_peers_list,
+};
+pub use swarm::{
+    InboundCall, InboundSync, Klp, KlpError, MAP_PROTOCOL, SYNC_RESPONSE_BUDGET, WIRE_LIMIT,
+    WireRequest, WireResponse,
+};
 
 /// The DNS-SD service type kOS nodes advertise.
 pub const SERVICE_TYPE: &str = "_kos-klp._udp.local.";

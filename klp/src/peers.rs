@@ -8,6 +8,17 @@
 //! One peer per line; blank lines and `#` comments are ignored. A multiaddr may end in
 //! `/p2p/<peer-id>` only if that is the line's peer. Every malformed line is reported with
 //! its number; a peer listed twice is an error naming both lines.
+//!
+//! `!<peer-id> [# reason]` is a **local block**: the peer is never admitted, whatever the
+//! federation approves.
+//!
+//! # Two sections
+//!
+//! Everything above [`MANAGED_MARKER`] is the operator's: kOS never rewrites it (the CLI's
+//! `kos peers add|remove` edit single lines there). Everything below the marker is written
+//! by the node from the federation's op-log (the peers the admins approved, and revoked
+//! ones as comments) and replaced as a whole on every change, atomically. A file without
+//! the marker is all local.
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,6 +29,28 @@ use libp2p::multiaddr::Protocol;
 
 /// Largest peers.list accepted (bounds memory on a bad file).
 pub const MAX_PEERS_LIST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The line that starts the node-managed section.
+pub const MANAGED_MARKER: &str = "# ==== federation-approved peers: written by kos from the federation log; edit above this line ====";
+
+/// A peer blocked locally (`!<peer-id> # reason`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    pub id: NodeId,
+    pub reason: Option<String>,
+    pub line: u32,
+}
+
+/// A parsed peers.list: the operator's section and the node-managed one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeersFile {
+    /// Approved by hand (above the marker).
+    pub local: Vec<PeerEntry>,
+    /// Blocked by hand (above the marker).
+    pub blocked: Vec<Blocked>,
+    /// Written by the node (below the marker).
+    pub managed: Vec<PeerEntry>,
+}
 
 /// One approved peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,27 +118,101 @@ fn parse_line(raw: &str, line: u32) -> Result<Option<PeerEntry>, String> {
     }))
 }
 
-/// Parses a peers.list. All malformed lines are reported.
-pub fn parse_peers_list(text: &str) -> Result<Vec<PeerEntry>, Vec<PeersListError>> {
+fn parse_block(raw: &str, line: u32) -> Result<Option<Blocked>, String> {
+    let Some(rest) = raw.trim_start().strip_prefix('!') else {
+        return Ok(None);
+    };
+    let (body, reason) = match rest.split_once('#') {
+        Some((b, r)) => (b, Some(r.trim().to_string()).filter(|r| !r.is_empty())),
+        None => (rest, None),
+    };
+    let mut tokens = body.split_whitespace();
+    let first = tokens.next().ok_or("`!` must be followed by a peer id")?;
+    let id: NodeId = first
+        .parse()
+        .map_err(|e| format!("`{first}` is not a kOS peer id ({e})"))?;
+    if tokens.next().is_some() {
+        return Err("a block line holds only `!<peer-id>` and an optional `# reason`".into());
+    }
+    Ok(Some(Blocked { id, reason, line }))
+}
+
+fn is_marker(raw: &str) -> bool {
+    raw.trim_end() == MANAGED_MARKER
+}
+
+/// Parses a peers.list into its sections. All malformed lines are reported; a peer listed
+/// (or blocked) twice in one section is an error naming both lines.
+pub fn parse_peers_file(text: &str) -> Result<PeersFile, Vec<PeersListError>> {
     if text.len() > MAX_PEERS_LIST_BYTES {
         return Err(vec![PeersListError {
             line: 0,
             message: format!("file larger than {MAX_PEERS_LIST_BYTES} bytes"),
         }]);
     }
-    let mut out: Vec<PeerEntry> = Vec::new();
+    let mut file = PeersFile::default();
     let mut errors = Vec::new();
+    let mut managed = false;
     for (i, raw) in text.lines().enumerate() {
         let line = i as u32 + 1;
+        if is_marker(raw) {
+            if managed {
+                errors.push(PeersListError {
+                    line,
+                    message: "the managed-section marker appears twice".into(),
+                });
+            }
+            managed = true;
+            continue;
+        }
+        if !managed {
+            match parse_block(raw, line) {
+                Ok(Some(b)) => {
+                    let earlier = file
+                        .blocked
+                        .iter()
+                        .map(|x| (x.id, x.line))
+                        .chain(file.local.iter().map(|x| (x.id, x.line)))
+                        .find(|(id, _)| *id == b.id);
+                    match earlier {
+                        Some((_, prev)) => errors.push(PeersListError {
+                            line,
+                            message: format!("peer {} is already listed on line {prev}", b.id),
+                        }),
+                        None => file.blocked.push(b),
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(message) => {
+                    errors.push(PeersListError { line, message });
+                    continue;
+                }
+            }
+        }
         match parse_line(raw, line) {
             Ok(Some(e)) => {
-                if let Some(prev) = out.iter().find(|p| p.id == e.id) {
-                    errors.push(PeersListError {
-                        line,
-                        message: format!("peer {} is already listed on line {}", e.id, prev.line),
-                    });
+                let section: &mut Vec<PeerEntry> = if managed {
+                    &mut file.managed
                 } else {
-                    out.push(e);
+                    &mut file.local
+                };
+                let earlier = section
+                    .iter()
+                    .map(|x| (x.id, x.line))
+                    .chain(
+                        (!managed)
+                            .then_some(file.blocked.iter().map(|x| (x.id, x.line)))
+                            .into_iter()
+                            .flatten(),
+                    )
+                    .find(|(id, _)| *id == e.id);
+                match earlier {
+                    Some((_, prev)) => errors.push(PeersListError {
+                        line,
+                        message: format!("peer {} is already listed on line {prev}", e.id),
+                    }),
+                    None => section.push(e),
                 }
             }
             Ok(None) => {}
@@ -113,10 +220,42 @@ pub fn parse_peers_list(text: &str) -> Result<Vec<PeerEntry>, Vec<PeersListError
         }
     }
     if errors.is_empty() {
-        Ok(out)
+        Ok(file)
     } else {
         Err(errors)
     }
+}
+
+/// The operator's approved peers (the local section). All malformed lines are reported.
+pub fn parse_peers_list(text: &str) -> Result<Vec<PeerEntry>, Vec<PeersListError>> {
+    parse_peers_file(text).map(|f| f.local)
+}
+
+/// Replaces the managed section with `managed` (rendered lines, each ending in a newline),
+/// keeping the operator's section byte for byte. An empty `managed` removes the section.
+pub fn replace_managed(text: &str, managed: &str) -> String {
+    let mut out = split_local(text).0.to_string();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    if !managed.is_empty() {
+        out.push_str(MANAGED_MARKER);
+        out.push('\n');
+        out.push_str(managed);
+    }
+    out
+}
+
+/// Splits a file into the operator's section and the rest (marker included).
+fn split_local(text: &str) -> (&str, &str) {
+    let mut offset = 0;
+    for raw in text.split_inclusive('\n') {
+        if is_marker(raw.trim_end_matches('\n')) {
+            return text.split_at(offset);
+        }
+        offset += raw.len();
+    }
+    (text, "")
 }
 
 /// Renders one entry as a peers.list line.
@@ -133,8 +272,10 @@ pub fn render_entry(e: &PeerEntry) -> String {
     s
 }
 
-/// Adds (or replaces) a peer's line, keeping every other line and comment as it is.
+/// Adds (or replaces) a peer's line in the operator's section, keeping every other line and
+/// comment as it is.
 pub fn upsert_entry(text: &str, entry: &PeerEntry) -> String {
+    let (text, managed) = split_local(text);
     let mut out = String::with_capacity(text.len() + 80);
     let mut replaced = false;
     for raw in text.lines() {
@@ -156,11 +297,13 @@ pub fn upsert_entry(text: &str, entry: &PeerEntry) -> String {
         out.push_str(&render_entry(entry));
         out.push('\n');
     }
+    out.push_str(managed);
     out
 }
 
-/// Removes a peer's line; `None` if it was not listed.
+/// Removes a peer's line from the operator's section; `None` if it was not listed there.
 pub fn remove_entry(text: &str, id: &NodeId) -> Option<String> {
+    let (text, managed) = split_local(text);
     let mut found = false;
     let mut out = String::with_capacity(text.len());
     for raw in text.lines() {
@@ -175,6 +318,7 @@ pub fn remove_entry(text: &str, id: &NodeId) -> Option<String> {
         out.push_str(raw);
         out.push('\n');
     }
+    out.push_str(managed);
     found.then_some(out)
 }
 
@@ -248,5 +392,52 @@ mod tests {
         let t = remove_entry(&t, &a).unwrap();
         assert_eq!(t, format!("# keep me\n{b}\n"));
         assert!(remove_entry(&t, &a).is_none());
+    }
+
+    #[test]
+    fn sections_blocks_and_managed_rewrites() {
+        let (a, b, c) = (id(1), id(2), id(3));
+        let local = format!("# mine\n{a} /ip4/10.0.0.1/tcp/1\n!{b} # spammer\n");
+        let managed = format!("{c} /ip4/10.0.0.3/tcp/1 # approved by admin\n{a}\n");
+        let text = replace_managed(&local, &managed);
+        assert!(text.starts_with(&local));
+        let f = parse_peers_file(&text).unwrap();
+        assert_eq!(f.local.len(), 1);
+        assert_eq!(f.blocked[0].id, b);
+        assert_eq!(f.blocked[0].reason.as_deref(), Some("spammer"));
+        assert_eq!(
+            f.managed.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![c, a],
+            "a peer may be both local and managed"
+        );
+        // Rewriting the managed section keeps the operator's bytes; so do CLI edits.
+        let text2 = replace_managed(&text, &format!("{c}\n"));
+        assert!(text2.starts_with(&local));
+        assert_eq!(parse_peers_file(&text2).unwrap().managed.len(), 1);
+        let d = PeerEntry {
+            id: id(4),
+            addrs: vec![],
+            label: None,
+            line: 0,
+        };
+        let text3 = upsert_entry(&text2, &d);
+        let f3 = parse_peers_file(&text3).unwrap();
+        assert_eq!(f3.local.len(), 2);
+        assert_eq!(f3.managed.len(), 1);
+        let text4 = remove_entry(&text3, &c);
+        assert!(
+            text4.is_none(),
+            "managed entries are not the operator's to remove"
+        );
+        assert_eq!(replace_managed(&text2, ""), local);
+    }
+
+    #[test]
+    fn bad_block_lines_and_duplicates_are_reported() {
+        let (a, b) = (id(1), id(2));
+        let text = format!("!{a}\n{a}\n!\n!{b} extra\n{MANAGED_MARKER}\n{MANAGED_MARKER}\n");
+        let errs = parse_peers_file(&text).unwrap_err();
+        let lines: Vec<u32> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![2, 3, 4, 6], "{errs:?}");
     }
 }

@@ -30,6 +30,10 @@ pub const MAP_PROTOCOL: &str = "/kos/klp/map/1.0.0";
 /// Largest request or response on the MAP protocol; larger streams are reset by the codec.
 /// (MAP itself refuses anything over `MAX_MESSAGE_BYTES` with `Goodbye{too_large}`.)
 pub const WIRE_LIMIT: u64 = 256 * 1024;
+/// Largest response: a federation sync answer carries up to [`SYNC_RESPONSE_BUDGET`] of ops.
+pub const WIRE_RESPONSE_LIMIT: u64 = 1024 * 1024;
+/// What a node may put in one sync answer, leaving room for the envelope.
+pub const SYNC_RESPONSE_BUDGET: usize = 768 * 1024;
 const COMMAND_QUEUE: usize = 64;
 const EVENT_QUEUE: usize = 1024;
 const BAN_BAD_PEER: Duration = Duration::from_secs(60);
@@ -38,6 +42,8 @@ const BAN_NOT_APPROVED: Duration = Duration::from_secs(10);
 const LINGER: Duration = Duration::from_millis(500);
 const REDIAL_MIN: Duration = Duration::from_secs(1);
 const REDIAL_MAX: Duration = Duration::from_secs(60);
+/// How soon a listed peer that refused us as not approved is dialed again.
+const KNOCK_INTERVAL: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KlpError {
@@ -70,6 +76,8 @@ pub enum WireRequest {
         #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
+    /// Federation sync (see [`InboundSync`]); the node defines the bytes.
+    Sync(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -83,10 +91,19 @@ pub enum WireResponse {
     },
     /// The call was not taken (peer not admitted, node busy); the text says why.
     Refused(String),
+    Sync(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// Where the answer to one of our remote calls goes.
 type CallReply = oneshot::Sender<Result<(u16, Vec<u8>), KlpError>>;
+/// Where the answer to one of our sync requests goes.
+type SyncReply = oneshot::Sender<Result<Vec<u8>, KlpError>>;
+
+/// One of our requests in flight.
+enum Outgoing {
+    Call(CallReply),
+    Sync(SyncReply),
+}
 
 /// Longest method and path accepted in a remote call.
 const MAX_CALL_METHOD: usize = 8;
@@ -94,6 +111,15 @@ const MAX_CALL_PATH: usize = 1024;
 /// How long the node may take to answer a remote call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const INBOUND_CALL_QUEUE: usize = 32;
+
+/// A federation sync request from an admitted peer, for the node to answer with `reply`
+/// (within the call timeout, or the peer gets a refusal). The bytes are the node's protocol.
+#[derive(Debug)]
+pub struct InboundSync {
+    pub peer: NodeId,
+    pub body: Vec<u8>,
+    pub reply: oneshot::Sender<Vec<u8>>,
+}
 
 /// An API call from an admitted peer, for the node to answer. The peer is identified by its
 /// MAP-verified node id; the node decides what it may do.
@@ -139,6 +165,16 @@ enum Command {
         body: Vec<u8>,
         reply: CallReply,
     },
+    Sync {
+        peer: PeerId,
+        body: Vec<u8>,
+        reply: SyncReply,
+    },
+    Penalize {
+        peer: PeerId,
+        detail: String,
+        reply: oneshot::Sender<()>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -149,6 +185,7 @@ pub struct Klp {
     events: broadcast::Sender<KlpEvent>,
     local_id: NodeId,
     inbound_calls: std::sync::Arc<std::sync::Mutex<Option<mpsc::Receiver<InboundCall>>>>,
+    inbound_sync: std::sync::Arc<std::sync::Mutex<Option<mpsc::Receiver<InboundSync>>>>,
 }
 
 fn now_ms() -> u64 {
@@ -285,8 +322,10 @@ impl Klp {
         let (ev_tx, _) = broadcast::channel(EVENT_QUEUE);
         let (calls_tx, calls_rx) = mpsc::channel(INBOUND_CALL_QUEUE);
         let (call_replies_tx, call_replies_rx) = mpsc::channel(INBOUND_CALL_QUEUE);
+        let (sync_tx, sync_rx) = mpsc::channel(INBOUND_CALL_QUEUE);
         let mut lp = EventLoop {
             calls_tx,
+            sync_tx,
             call_replies_tx,
             call_replies_rx,
             pending_calls: HashMap::new(),
@@ -336,6 +375,7 @@ impl Klp {
                 events: ev_tx,
                 local_id,
                 inbound_calls: std::sync::Arc::new(std::sync::Mutex::new(Some(calls_rx))),
+                inbound_sync: std::sync::Arc::new(std::sync::Mutex::new(Some(sync_rx))),
             },
             task,
         ))
@@ -427,6 +467,34 @@ impl Klp {
         .await?
     }
 
+    /// Sends a federation sync request to an admitted peer and waits for its answer.
+    pub async fn sync(&self, peer: &NodeId, body: Vec<u8>) -> Result<Vec<u8>, KlpError> {
+        let peer = peer_id(peer).ok_or_else(|| KlpError::Call("not a peer id".into()))?;
+        self.ask(|reply| Command::Sync { peer, body, reply })
+            .await?
+    }
+
+    /// The stream of sync requests from peers. Only the first caller gets it.
+    pub fn take_inbound_sync(&self) -> Option<mpsc::Receiver<InboundSync>> {
+        self.inbound_sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Punishes a peer that sent invalid data (e.g. forged federation ops): `Goodbye{blocked}`,
+    /// disconnect, and a ban of a minute even if it is approved.
+    pub async fn penalize(&self, peer: &NodeId, detail: &str) -> Result<(), KlpError> {
+        let peer = peer_id(peer).ok_or_else(|| KlpError::Call("not a peer id".into()))?;
+        let detail = detail.to_string();
+        self.ask(|reply| Command::Penalize {
+            peer,
+            detail,
+            reply,
+        })
+        .await
+    }
+
     /// The stream of API calls from peers. Only the first caller gets it.
     pub fn take_inbound_calls(&self) -> Option<mpsc::Receiver<InboundCall>> {
         self.inbound_calls
@@ -479,7 +547,7 @@ fn build_behaviour(
     let map = request_response::Behaviour::with_codec(
         request_response::cbor::codec::Codec::default()
             .set_request_size_maximum(WIRE_LIMIT)
-            .set_response_size_maximum(WIRE_LIMIT),
+            .set_response_size_maximum(WIRE_RESPONSE_LIMIT),
         [(StreamProtocol::new(MAP_PROTOCOL), ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(cfg.handshake_timeout)
@@ -521,12 +589,13 @@ struct Peer {
 struct EventLoop {
     /// Remote calls handed to the node, and its answers coming back.
     calls_tx: mpsc::Sender<InboundCall>,
-    call_replies_tx: mpsc::Sender<(u64, u16, Vec<u8>)>,
-    call_replies_rx: mpsc::Receiver<(u64, u16, Vec<u8>)>,
+    sync_tx: mpsc::Sender<InboundSync>,
+    call_replies_tx: mpsc::Sender<(u64, WireResponse)>,
+    call_replies_rx: mpsc::Receiver<(u64, WireResponse)>,
     pending_calls: HashMap<u64, ResponseChannel<WireResponse>>,
     next_call: u64,
-    /// Our calls in flight.
-    calls_out: HashMap<OutboundRequestId, CallReply>,
+    /// Our calls and sync requests in flight.
+    calls_out: HashMap<OutboundRequestId, Outgoing>,
     swarm: Swarm<Behaviour>,
     signing: ed25519_dalek::SigningKey,
     local_id: NodeId,
@@ -581,9 +650,9 @@ impl EventLoop {
                 Some(d) = async { match discovered_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     self.on_discovered(d);
                 }
-                Some((id, status, body)) = self.call_replies_rx.recv() => {
+                Some((id, response)) = self.call_replies_rx.recv() => {
                     if let Some(ch) = self.pending_calls.remove(&id) {
-                        let _ = self.swarm.behaviour_mut().map.send_response(ch, WireResponse::Call { status, body });
+                        let _ = self.swarm.behaviour_mut().map.send_response(ch, response);
                     }
                 }
                 _ = tick.tick() => self.on_tick(),
@@ -705,7 +774,12 @@ impl EventLoop {
             reason: reason.as_str().to_string(),
             by,
         });
-        p.next_redial = None;
+        // A listed peer that does not (yet) approve us: keep knocking, slowly, so a node
+        // joining a federation gets in once an admin approves it there.
+        let knock = by == RefusedBy::Peer
+            && reason == GoodbyeReason::NotApproved
+            && p.approved.as_ref().is_some_and(|e| !e.addrs.is_empty());
+        p.next_redial = knock.then(|| (Instant::now() + KNOCK_INTERVAL, KNOCK_INTERVAL));
         info!(peer = %peer, reason = reason.as_str(), by = ?by, "MAP refused");
         // Safety net: whatever happens to our Goodbye, a refused peer's connections close.
         self.close_soon(peer);
@@ -924,6 +998,7 @@ impl EventLoop {
                 WireRequest::Call { method, path, body } => {
                     self.on_call_request(peer, method, path, body, channel)
                 }
+                WireRequest::Sync(body) => self.on_sync_request(peer, body, channel),
             },
             Event::Message {
                 peer,
@@ -935,17 +1010,31 @@ impl EventLoop {
                 ..
             } => {
                 self.hellos.remove(&request_id);
-                if let Some(reply) = self.calls_out.remove(&request_id) {
-                    let _ = reply.send(match response {
-                        WireResponse::Call { status, body } => Ok((status, body)),
-                        WireResponse::Refused(why) => Err(KlpError::Call(why)),
-                        _ => Err(KlpError::Call("unexpected answer".into())),
-                    });
-                    return;
+                match self.calls_out.remove(&request_id) {
+                    Some(Outgoing::Call(reply)) => {
+                        let _ = reply.send(match response {
+                            WireResponse::Call { status, body } => Ok((status, body)),
+                            WireResponse::Refused(why) => Err(KlpError::Call(why)),
+                            _ => Err(KlpError::Call("unexpected answer".into())),
+                        });
+                        return;
+                    }
+                    Some(Outgoing::Sync(reply)) => {
+                        let _ = reply.send(match response {
+                            WireResponse::Sync(body) => Ok(body),
+                            WireResponse::Refused(why) => Err(KlpError::Call(why)),
+                            _ => Err(KlpError::Call("unexpected answer".into())),
+                        });
+                        return;
+                    }
+                    None => {}
                 }
                 match response {
                     WireResponse::Map(bytes) => self.on_map_response(peer, &bytes),
-                    WireResponse::Ack | WireResponse::Call { .. } | WireResponse::Refused(_) => {}
+                    WireResponse::Ack
+                    | WireResponse::Call { .. }
+                    | WireResponse::Refused(_)
+                    | WireResponse::Sync(_) => {}
                 }
             }
             Event::OutboundFailure {
@@ -957,8 +1046,14 @@ impl EventLoop {
                 if self.hellos.remove(&request_id).is_some() {
                     debug!(peer = %peer, error = %error, "Hello failed");
                 }
-                if let Some(reply) = self.calls_out.remove(&request_id) {
-                    let _ = reply.send(Err(KlpError::Call(error.to_string())));
+                match self.calls_out.remove(&request_id) {
+                    Some(Outgoing::Call(reply)) => {
+                        let _ = reply.send(Err(KlpError::Call(error.to_string())));
+                    }
+                    Some(Outgoing::Sync(reply)) => {
+                        let _ = reply.send(Err(KlpError::Call(error.to_string())));
+                    }
+                    None => {}
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
@@ -1026,7 +1121,52 @@ impl EventLoop {
                     b"{\"title\":\"the node did not answer in time\"}".to_vec(),
                 ),
             };
-            let _ = back.send((id, status, body)).await;
+            let _ = back.send((id, WireResponse::Call { status, body })).await;
+        });
+    }
+
+    /// A federation sync request: only from admitted peers; handed to the node with a
+    /// deadline.
+    fn on_sync_request(
+        &mut self,
+        peer: PeerId,
+        body: Vec<u8>,
+        channel: ResponseChannel<WireResponse>,
+    ) {
+        let admitted = self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.state == Some(HandshakeState::Admitted));
+        let node = node_id(&peer).filter(|_| admitted);
+        let (tx, rx) = oneshot::channel();
+        let taken = node.is_some_and(|peer| {
+            self.sync_tx
+                .try_send(InboundSync {
+                    peer,
+                    body,
+                    reply: tx,
+                })
+                .is_ok()
+        });
+        if !taken {
+            let why = if admitted { "busy" } else { "not admitted" };
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .map
+                .send_response(channel, WireResponse::Refused(why.into()));
+            return;
+        }
+        let id = self.next_call;
+        self.next_call += 1;
+        self.pending_calls.insert(id, channel);
+        let back = self.call_replies_tx.clone();
+        tokio::spawn(async move {
+            let response = match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+                Ok(Ok(answer)) => WireResponse::Sync(answer),
+                _ => WireResponse::Refused("the node did not answer in time".into()),
+            };
+            let _ = back.send((id, response)).await;
         });
     }
 
@@ -1394,7 +1534,43 @@ impl EventLoop {
                     .behaviour_mut()
                     .map
                     .send_request(&peer, WireRequest::Call { method, path, body });
-                self.calls_out.insert(id, reply);
+                self.calls_out.insert(id, Outgoing::Call(reply));
+            }
+            Command::Sync { peer, body, reply } => {
+                let admitted = self.peers.get(&peer).is_some_and(|p| {
+                    p.state == Some(HandshakeState::Admitted) && !p.connections.is_empty()
+                });
+                if !admitted {
+                    let _ = reply.send(Err(KlpError::Call(
+                        "the peer is not connected and admitted".into(),
+                    )));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .map
+                    .send_request(&peer, WireRequest::Sync(body));
+                self.calls_out.insert(id, Outgoing::Sync(reply));
+            }
+            Command::Penalize {
+                peer,
+                detail,
+                reply,
+            } => {
+                warn!(peer = %peer, detail = %detail, "penalizing peer");
+                if self
+                    .peers
+                    .get(&peer)
+                    .is_some_and(|p| !p.connections.is_empty())
+                {
+                    self.say_goodbye(peer, GoodbyeReason::Blocked, &detail);
+                    self.pending_bans.insert(peer, BAN_BAD_PEER);
+                } else {
+                    self.bans.insert(peer, Instant::now() + BAN_BAD_PEER);
+                    self.swarm.behaviour_mut().blocked.block_peer(peer);
+                }
+                let _ = reply.send(());
             }
             Command::Shutdown(_) => {}
         }

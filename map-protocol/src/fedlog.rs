@@ -370,6 +370,25 @@ impl UnsignedOp {
         OpHash(Sha256::digest(self.canonical_bytes()).into())
     }
 
+    /// Decodes [`UnsignedOp::canonical_bytes`] (a draft handed out for signing elsewhere):
+    /// size, CBOR, and that the input is the canonical encoding. Field limits are checked
+    /// when the signed op is inserted. Never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Self, LogError> {
+        if bytes.len() > MAX_OP_BYTES {
+            return Err(LogError::TooLarge {
+                size: bytes.len(),
+                max: MAX_OP_BYTES,
+            });
+        }
+        let op: Self = decode_cbor(bytes)?;
+        if op.canonical_bytes() != bytes {
+            return Err(LogError::Malformed(
+                "not the canonical encoding of the operation".into(),
+            ));
+        }
+        Ok(op)
+    }
+
     fn encode(&self, w: &mut Cbor) {
         w.map(6);
         w.text("author");
@@ -905,6 +924,12 @@ impl Log {
     /// author only; [`Op::cosign`] to add signatures, then [`Log::insert`].
     pub fn new_op(&self, author_key: &SigningKey, body: OpBody, timestamp_ms: u64) -> Op {
         let author = NodeId::from_public_key(author_key.verifying_key());
+        Op::sign_unchecked(self.draft(author, body, timestamp_ms), author_key)
+    }
+
+    /// The unsigned op [`Log::new_op`] would sign for `author`, for signing elsewhere (with
+    /// [`Op::sign`], then [`Op::cosign`] by other admins).
+    pub fn draft(&self, author: NodeId, body: OpBody, timestamp_ms: u64) -> UnsignedOp {
         let last = self
             .by_author_seq
             .range((author, 0)..=(author, u64::MAX))
@@ -920,17 +945,14 @@ impl Log {
             .unwrap_or(0)
             .saturating_add(1);
         let parents = self.choose_parents(last.map(|(_, hash)| hash));
-        Op::sign_unchecked(
-            UnsignedOp {
-                author,
-                seq,
-                lamport,
-                parents,
-                timestamp_ms,
-                body,
-            },
-            author_key,
-        )
+        UnsignedOp {
+            author,
+            seq,
+            lamport,
+            parents,
+            timestamp_ms,
+            body,
+        }
     }
 
     fn choose_parents(&self, must_descend_from: Option<OpHash>) -> Vec<OpHash> {

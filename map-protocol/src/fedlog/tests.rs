@@ -675,3 +675,19 @@ fn new_op_with_many_heads_keeps_the_authors_chain() {
         log.clone().insert(op).unwrap();
     }
 }
+
+#[test]
+fn a_draft_round_trips_and_signs_like_new_op() {
+    let admin = key(1);
+    let mut log = log(1);
+    let body = revoke(9, "gone");
+    let draft = log.draft(id(1), body.clone(), 5);
+    let decoded = UnsignedOp::decode(&draft.canonical_bytes()).unwrap();
+    assert_eq!(decoded, draft);
+    let op = Op::sign(decoded, &admin).unwrap();
+    assert_eq!(op, log.new_op(&admin, body, 5));
+    log.insert(op).unwrap();
+    let mut bytes = draft.canonical_bytes();
+    bytes.push(0);
+    assert!(UnsignedOp::decode(&bytes).is_err());
+}
