@@ -49,6 +49,12 @@ enum Command {
     /// Manage the approved peers in klp/peers.list (a running node applies changes at once).
     #[command(subcommand)]
     Peers(PeersCommand),
+    /// Federation admin keys.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// The federation log: approvals, revocations, admins and shared config, signed by admins.
+    #[command(subcommand)]
+    Federation(FederationCommand),
     /// Run a local multi-node federation (processes on loopback ports). `--dir` is the
     /// testnet directory here [default: ./kos-testnet].
     #[command(subcommand)]
@@ -99,6 +105,65 @@ enum PeersCommand {
     Remove {
         /// Peer id.
         id: String,
+    },
+    /// Approve a peer federation-wide: an op signed with this node's admin key, which every
+    /// node of the federation applies (the node must be running).
+    Approve {
+        /// Peer id (12D3KooW...).
+        id: String,
+        /// Address to dial (repeatable).
+        #[arg(long = "addr", value_name = "MULTIADDR")]
+        addrs: Vec<String>,
+        /// A label for people.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Revoke a peer federation-wide: every node disconnects it.
+    Revoke {
+        /// Peer id.
+        id: String,
+        /// Why (kept in the log).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create a federation admin key (ed25519, PKCS#8 PEM, mode 0600) and print its admin id,
+    /// which goes into `federation.klp.admins` on every node. Never overwrites.
+    Keygen {
+        /// Where to write the key [default: <dir>/federation/admin.key, which the node uses
+        /// to sign the ops its API creates]
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FederationCommand {
+    /// The op log of the running node: each op with author, time and validity.
+    Log {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Admins, approved and revoked peers, published configuration.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or remove a federation admin (needs `admin_threshold` admin signatures).
+    Admin {
+        #[arg(value_parser = ["add", "remove"])]
+        action: String,
+        /// The admin id (from `kos admin keygen`).
+        admin: String,
+        /// Admin key files to sign with, the first one as author (repeatable). Without
+        /// `--key`, the node signs with its own admin key alone.
+        #[arg(long = "key", value_name = "FILE")]
+        keys: Vec<PathBuf>,
     },
 }
 
@@ -186,6 +251,23 @@ enum ConfigCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Publish a configuration snapshot to the federation (a YAML file holding only the
+    /// scope's sections); every node validates it and answers ACK or NACK
+    /// (`GET /api/config/status`). The node must be running and hold an admin key.
+    Publish {
+        /// The snapshot file (not with --rollback).
+        #[arg(required_unless_present = "rollback")]
+        file: Option<PathBuf>,
+        /// agents, llms, monitoring or klp.
+        #[arg(long)]
+        scope: String,
+        /// Publish again an earlier snapshot of the scope, by id.
+        #[arg(long, value_name = "SNAPSHOT_ID", conflicts_with = "file")]
+        rollback: Option<String>,
+        /// Publish even if this node's configuration would not validate with it.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `$KOS_HOME`, else `~/.kos`.
@@ -224,6 +306,38 @@ pub fn main() -> ExitCode {
             exit(peers_add(&dir, &id, addrs, label))
         }
         Command::Peers(PeersCommand::Remove { id }) => exit(peers_remove(&dir, &id)),
+        Command::Peers(PeersCommand::Approve { id, addrs, label }) => exit(
+            node_post(
+                &dir,
+                &format!("/api/peers/{id}/approve"),
+                &json!({"addrs": addrs, "label": label}),
+            )
+            .map(|v| println!("approved {id} (op {})", v["op"].as_str().unwrap_or("?"))),
+        ),
+        Command::Peers(PeersCommand::Revoke { id, reason }) => exit(
+            node_post(
+                &dir,
+                &format!("/api/peers/{id}/revoke"),
+                &json!({"reason": reason}),
+            )
+            .map(|v| println!("revoked {id} (op {})", v["op"].as_str().unwrap_or("?"))),
+        ),
+        Command::Admin(AdminCommand::Keygen { out }) => exit(admin_keygen(&dir, out)),
+        Command::Federation(FederationCommand::Log { json }) => exit(federation_log(&dir, json)),
+        Command::Federation(FederationCommand::Status { json }) => {
+            exit(federation_status(&dir, json))
+        }
+        Command::Federation(FederationCommand::Admin {
+            action,
+            admin,
+            keys,
+        }) => exit(federation_admin(&dir, &action, &admin, &keys)),
+        Command::Config(ConfigCommand::Publish {
+            file,
+            scope,
+            rollback,
+            force,
+        }) => exit(config_publish(&dir, file, &scope, rollback, force)),
         Command::Testnet(TestnetCommand::Up { nodes, timeout }) => {
             exit(crate::testnet::up(&testnet_dir, nodes, timeout))
         }
@@ -639,6 +753,219 @@ pub(crate) fn cli_token(
 ) -> Result<Option<String>> {
     let id = Identity::load(dir)?.id().to_string();
     crate::auth::local::mint_for_dir(dir, config, &id, role, std::time::Duration::from_secs(60))
+}
+
+/// Calls the API of the running node of `dir` as admin (a 60-second token from its key).
+fn node_request(
+    dir: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let l = ConfigDir::new(dir)
+        .load(&LoadOptions::from_process(capabilities()))
+        .map_err(|d| anyhow::anyhow!("invalid configuration:\n{d}"))?;
+    let token = cli_token(dir, &l.config, crate::auth::Role::Admin)?;
+    crate::local_http::request_json(
+        l.config.api.listen,
+        method,
+        path,
+        token.as_deref(),
+        body,
+        std::time::Duration::from_secs(10),
+    )
+    .with_context(|| {
+        format!(
+            "asking the node at {} (is it running?)",
+            l.config.api.listen
+        )
+    })
+}
+
+fn node_post(dir: &Path, path: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+    node_request(dir, "POST", path, Some(body))
+}
+
+fn admin_keygen(dir: &Path, out: Option<PathBuf>) -> Result<()> {
+    let path = out.unwrap_or_else(|| dir.join(crate::fedsync::ADMIN_KEY_FILE));
+    let id = crate::fedsync::create_admin_key(&path)?;
+    println!("admin key: {}", path.display());
+    println!("admin id:  {id}");
+    println!(
+        "Add the admin id to `admins:` in klp/klp_settings.yaml on every node of the federation."
+    );
+    Ok(())
+}
+
+fn ms_to_time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+fn federation_log(dir: &Path, as_json: bool) -> Result<()> {
+    let v = node_request(dir, "GET", "/api/federation/log", None)?;
+    if as_json {
+        println!("{v}");
+        return Ok(());
+    }
+    let ops = v["ops"].as_array().cloned().unwrap_or_default();
+    if ops.is_empty() {
+        println!("the federation log is empty");
+    }
+    for op in ops {
+        let hash = op["hash"].as_str().unwrap_or("");
+        let author = op["author"].as_str().unwrap_or("");
+        println!(
+            "{}  {:<12}  {}  lamport {:<4} {:<15} {}  [{}]",
+            ms_to_time(op["timestamp_ms"].as_u64().unwrap_or(0)),
+            hash.get(..12).unwrap_or(hash),
+            author.get(..16).unwrap_or(author),
+            op["lamport"],
+            op["kind"].as_str().unwrap_or(""),
+            op["summary"].as_str().unwrap_or(""),
+            op["validity"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+fn federation_status(dir: &Path, as_json: bool) -> Result<()> {
+    let v = node_request(dir, "GET", "/api/federation", None)?;
+    if as_json {
+        println!("{v}");
+        return Ok(());
+    }
+    if v["enabled"] != true {
+        println!("federation sync is off (no admins in federation.klp.admins)");
+        return Ok(());
+    }
+    println!(
+        "admins (threshold {}): {}",
+        v["threshold"],
+        v["admins"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default()
+    );
+    if let Some(a) = v["local_admin"].as_str() {
+        println!("this node signs as admin {a}");
+    }
+    println!("ops: {}, pending: {}", v["ops"], v["pending"]);
+    for p in v["approved"].as_array().into_iter().flatten() {
+        println!(
+            "approved {}  {}{}",
+            p["id"].as_str().unwrap_or(""),
+            p["label"].as_str().unwrap_or(""),
+            if p["blocked_locally"] == true {
+                "  (blocked locally)"
+            } else {
+                ""
+            }
+        );
+    }
+    for p in v["revoked"].as_array().into_iter().flatten() {
+        println!(
+            "revoked  {}  {}",
+            p["id"].as_str().unwrap_or(""),
+            p["reason"].as_str().unwrap_or("")
+        );
+    }
+    for c in v["config"].as_array().into_iter().flatten() {
+        println!(
+            "config   {:<10} {}  {}",
+            c["scope"].as_str().unwrap_or(""),
+            c["snapshot_id"]
+                .as_str()
+                .unwrap_or("")
+                .get(..12)
+                .unwrap_or(""),
+            c["status"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn federation_admin(dir: &Path, action: &str, admin: &str, keys: &[PathBuf]) -> Result<()> {
+    use base64::Engine as _;
+    let action = format!("{action}_admin");
+    if keys.is_empty() {
+        let v = node_post(
+            dir,
+            "/api/federation/admins",
+            &json!({"action": action, "admin": admin}),
+        )?;
+        println!("{action} {admin} (op {})", v["op"].as_str().unwrap_or("?"));
+        return Ok(());
+    }
+    let signing: Vec<ed25519_dalek::SigningKey> = keys
+        .iter()
+        .map(|k| crate::fedsync::load_admin_key(k))
+        .collect::<Result<_>>()?;
+    let author = kos_klp::NodeId::from_public_key(signing[0].verifying_key());
+    let d = node_post(
+        dir,
+        "/api/federation/draft",
+        &json!({"author": author.to_string(), "action": action, "admin": admin}),
+    )?;
+    let draft = base64::engine::general_purpose::STANDARD
+        .decode(d["draft"].as_str().unwrap_or(""))
+        .context("the node's draft is not base64")?;
+    let unsigned = crate::fedsync::decode_draft(&draft).context("the node's draft")?;
+    let mut op =
+        kos_map_protocol::fedlog::Op::sign(unsigned, &signing[0]).context("signing the draft")?;
+    for k in &signing[1..] {
+        op.cosign(k);
+    }
+    let v = node_post(
+        dir,
+        "/api/federation/ops",
+        &json!({"op": base64::engine::general_purpose::STANDARD.encode(op.encode())}),
+    )?;
+    println!(
+        "{action} {admin}, signed by {} admin(s) (op {})",
+        signing.len(),
+        v["op"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+fn config_publish(
+    dir: &Path,
+    file: Option<PathBuf>,
+    scope: &str,
+    rollback: Option<String>,
+    force: bool,
+) -> Result<()> {
+    let v = match (file, rollback) {
+        (_, Some(id)) => node_post(
+            dir,
+            "/api/config/publish/rollback",
+            &json!({"scope": scope, "snapshot_id": id}),
+        )?,
+        (Some(f), None) => {
+            let content =
+                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            // Check the scope here first, so errors name the file.
+            kos_config::federation::check_content(scope, &content, &f.display().to_string())
+                .map_err(|d| anyhow::anyhow!("{d}"))?;
+            node_post(
+                dir,
+                "/api/config/publish",
+                &json!({"scope": scope, "content": content, "force": force}),
+            )?
+        }
+        (None, None) => anyhow::bail!("give a snapshot FILE or --rollback SNAPSHOT_ID"),
+    };
+    println!(
+        "published `{scope}` snapshot {} (op {}); see `GET /api/config/status` for ACKs",
+        v["snapshot_id"].as_str().unwrap_or("?"),
+        v["op"].as_str().unwrap_or("?")
+    );
+    Ok(())
 }
 
 fn token_create(

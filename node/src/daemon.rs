@@ -91,6 +91,8 @@ pub struct NodeState {
     pub metrics: Arc<Metrics>,
     /// The KLP swarm, when the profile enables it.
     pub klp: Option<kos_klp::Klp>,
+    /// Federation sync (with KLP).
+    pub fed: Option<crate::fedsync::FedSync>,
     /// Verifies API callers' tokens.
     pub auth: crate::auth::Authenticator,
     pub started: Instant,
@@ -338,22 +340,30 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
 
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
+    let mut fed_start = None;
     let klp = match approved {
-        Some(list) => {
-            let kc = crate::federation::klp_config(&loaded, &identity, list);
+        Some(_) => {
+            // The federation log (from the database) and peers.list decide whom the swarm
+            // admits from the first connection on.
+            let core = crate::fedsync::FedCore::open(cfg, &db, dir.root())
+                .await
+                .context("opening the federation log")?;
+            let kc = crate::federation::klp_config(&loaded, &identity, core.effective_peers());
             let (klp, _task) = kos_klp::Klp::start(kc).await.context("starting KLP")?;
+            let events = klp.subscribe();
             info!(node_id = %klp.local_id(), listen = ?klp.listen_addrs().await.unwrap_or_default(), "KLP started");
             crate::federation::record_events(&klp, metrics.clone(), shutdown.clone());
-            crate::federation::watch_peers_list(
-                klp.clone(),
-                dir.root().to_path_buf(),
-                cfg.federation.klp.handshake_required,
-                metrics.clone(),
-                shutdown.clone(),
-            );
+            fed_start = Some((core, events));
             Some(klp)
         }
         None => None,
+    };
+    let (fed, fed_parts) = match &klp {
+        Some(_) => {
+            let (h, p) = crate::fedsync::channel();
+            (Some(h), Some(p))
+        }
+        None => (None, None),
     };
 
     let listener = match tokio::net::TcpListener::bind(listen).await {
@@ -396,6 +406,7 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
         boot: boot.clone(),
         metrics,
         klp,
+        fed,
         auth,
         started: Instant::now(),
         started_at,
@@ -419,6 +430,16 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
         )
         .await;
 
+    if let (Some(k), Some((core, events)), Some(parts)) = (&state.klp, fed_start, fed_parts) {
+        crate::fedsync::spawn(
+            core,
+            parts,
+            state.clone(),
+            k.clone(),
+            events,
+            shutdown.clone(),
+        );
+    }
     let app = crate::api::router(state.clone());
     if let Some(k) = &state.klp {
         crate::federation::serve_remote_calls(

@@ -1,16 +1,16 @@
-//! KLP in the node: starting the swarm from the configuration, keeping `klp/peers.list` in
-//! effect while the node runs, and turning KLP events into metrics and logs.
+//! KLP in the node: starting the swarm from the configuration, turning KLP events into
+//! metrics and logs, and answering peers' API calls. (Keeping `klp/peers.list` and the
+//! federation log in effect is [`crate::fedsync`]'s job.)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 use kos_config::Loaded;
 use kos_config::load::PEERS_LIST;
 use kos_klp::{DiscoveryConfig, Klp, KlpConfig, KlpEvent, ManifestInfo, PeerEntry};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::warn;
 
 use crate::identity::Identity;
 use crate::metrics::Metrics;
@@ -24,11 +24,14 @@ pub fn read_peers_list(dir: &Path) -> Result<Vec<PeerEntry>, Vec<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(vec![format!("{PEERS_LIST}: cannot read: {e}")]),
     };
-    kos_klp::parse_peers_list(&text).map_err(|errs| {
-        errs.iter()
-            .map(|e| format!("{PEERS_LIST}:{}: {}", e.line, e.message))
-            .collect()
-    })
+    // The whole file is checked (both sections); the operator's entries are returned.
+    kos_klp::parse_peers_file(&text)
+        .map(|f| f.local)
+        .map_err(|errs| {
+            errs.iter()
+                .map(|e| format!("{PEERS_LIST}:{}: {}", e.line, e.message))
+                .collect()
+        })
 }
 
 /// The swarm settings for a loaded configuration.
@@ -71,62 +74,6 @@ pub fn klp_config(loaded: &Loaded, identity: &Identity, approved: Vec<PeerEntry>
     cfg.handshake_timeout = k.handshake_timeout.get();
     cfg.max_connections = k.max_connections;
     cfg
-}
-
-fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
-}
-
-/// Keeps peers.list in effect: polls it (mtime and size) and, when it changed and parses,
-/// hands the new list to the swarm, which disconnects removed peers and dials new ones. An
-/// invalid file is reported line by line and the running list kept.
-pub fn watch_peers_list(
-    klp: Klp,
-    dir: PathBuf,
-    handshake_required: bool,
-    metrics: Arc<Metrics>,
-    token: CancellationToken,
-) {
-    tokio::spawn(async move {
-        let path = dir.join(PEERS_LIST);
-        let mut last = fingerprint(&path);
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                () = token.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let now = fingerprint(&path);
-            if now == last {
-                continue;
-            }
-            last = now;
-            let d = dir.clone();
-            let parsed = match tokio::task::spawn_blocking(move || read_peers_list(&d)).await {
-                Ok(p) => p,
-                Err(e) => {
-                    error!(error = %e, "peers.list reader failed");
-                    continue;
-                }
-            };
-            match parsed {
-                Ok(list) => {
-                    info!(peers = list.len(), "peers.list changed: applying");
-                    Metrics::outcome(&metrics.peers_list_reloads, "applied");
-                    if klp.set_approved(list, handshake_required).await.is_err() {
-                        return;
-                    }
-                }
-                Err(errors) => {
-                    Metrics::outcome(&metrics.peers_list_reloads, "invalid");
-                    for e in errors {
-                        warn!(error = %e, "peers.list is invalid; keeping the running list");
-                    }
-                }
-            }
-        }
-    });
 }
 
 /// Counts KLP events into the node's metrics and logs admissions and refusals.

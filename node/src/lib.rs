@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cli;
 pub mod daemon;
 pub mod federation;
+pub mod fedsync;
 pub mod identity;
 pub mod local_http;
 pub mod metrics;

@@ -1,5 +1,5 @@
 //! A minimal HTTP/1.1 client for the CLI to ask a node on this machine (`kos peers list`,
-//! `kos testnet`). Loopback only, GET only, bounded response size, timeouts on every step.
+//! `kos testnet`). Loopback only, bounded response size, timeouts on every step.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,6 +16,19 @@ pub fn get_json(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<serde_json::Value> {
+    request_json(addr, "GET", path, token, None, timeout)
+}
+
+/// `<method> http://<addr><path>` with an optional JSON body; parses the JSON answer. `Err`
+/// unless the status is 2xx (the problem's `detail` in the message).
+pub fn request_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
     if !addr.ip().is_loopback() {
         bail!("{addr} is not a loopback address");
     }
@@ -26,9 +39,18 @@ pub fn get_json(
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let content = if body.is_some() {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            payload.len()
+        )
+    } else {
+        String::new()
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{auth}{content}Connection: close\r\n\r\n{payload}"
     )?;
     let mut buf = Vec::new();
     s.take(MAX_RESPONSE)
@@ -53,10 +75,28 @@ pub fn get_json(
         body.to_string()
     };
     if !(200..300).contains(&status) {
-        bail!(
-            "{path}: HTTP {status}: {}",
-            body.chars().take(300).collect::<String>()
-        );
+        let detail = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                let d = v["detail"].as_str()?.to_string();
+                let errs: Vec<String> = v["errors"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|e| {
+                                e["message"].as_str().or(e.as_str()).map(str::to_string)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Some(if errs.is_empty() {
+                    d
+                } else {
+                    format!("{d}\n  {}", errs.join("\n  "))
+                })
+            })
+            .unwrap_or_else(|| body.chars().take(300).collect());
+        bail!("{method} {path}: HTTP {status}: {detail}");
     }
     serde_json::from_str(&body).with_context(|| format!("{path}: invalid JSON"))
 }

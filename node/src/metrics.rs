@@ -51,6 +51,8 @@ pub struct Metrics {
     pub klp_discovery_events: Counter,
     pub peers_list_reloads: Family<OutcomeLabels, Counter>,
     pub auth_failures: Family<OutcomeLabels, Counter>,
+    pub fedlog_ops: Family<OutcomeLabels, Counter>,
+    pub fedlog_size: Gauge,
     current_snapshot: Mutex<Option<String>>,
 }
 
@@ -71,6 +73,18 @@ impl Metrics {
         let klp_discovery_events = Counter::default();
         let peers_list_reloads = Family::<OutcomeLabels, Counter>::default();
         let auth_failures = Family::<OutcomeLabels, Counter>::default();
+        let fedlog_ops = Family::<OutcomeLabels, Counter>::default();
+        let fedlog_size = Gauge::default();
+        registry.register(
+            "fedlog_ops",
+            "Federation ops received or created, by outcome (inserted, known, refused:<reason>)",
+            fedlog_ops.clone(),
+        );
+        registry.register(
+            "fedlog_size",
+            "Ops in this node's federation log",
+            fedlog_size.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -145,6 +159,8 @@ impl Metrics {
             klp_discovery_events,
             peers_list_reloads,
             auth_failures,
+            fedlog_ops,
+            fedlog_size,
             current_snapshot: Mutex::new(None),
         }
     }

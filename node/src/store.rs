@@ -42,6 +42,8 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("PostgreSQL is not in this build (cargo feature `postgres`)")]
     NotBuilt,
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -103,6 +105,19 @@ pub trait EventLog {
 pub trait Meta {
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
     fn put(&self, key: &str, value: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The federation op-log, as stored: each op's canonical wire form by hash. Inserting an op
+/// already stored is a no-op (ops are immutable and content-addressed).
+pub trait OpStore {
+    fn insert_op(
+        &self,
+        hash: &str,
+        lamport: u64,
+        op: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Every stored op, parents before children (by lamport).
+    fn all_ops(&self) -> impl Future<Output = Result<Vec<Vec<u8>>, StoreError>> + Send;
 }
 
 pub fn now_ms() -> i64 {
@@ -288,6 +303,39 @@ impl EventLog for Db {
                     detail: serde_json::from_str(&detail)
                         .unwrap_or(serde_json::Value::String(detail)),
                 })
+            })
+            .collect()
+    }
+}
+
+impl OpStore for Db {
+    async fn insert_op(&self, hash: &str, lamport: u64, op: &[u8]) -> Result<(), StoreError> {
+        use base64::Engine as _;
+        sqlx::query(
+            "INSERT INTO fedlog_ops (hash, lamport, op, received_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(hash)
+        .bind(i64::try_from(lamport).unwrap_or(i64::MAX))
+        .bind(base64::engine::general_purpose::STANDARD.encode(op))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn all_ops(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        use base64::Engine as _;
+        let rows = sqlx::query("SELECT hash, op FROM fedlog_ops ORDER BY lamport, hash")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let hash: String = r.try_get(0)?;
+                let text: String = r.try_get(1)?;
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|e| StoreError::Corrupt(format!("fedlog op {hash}: {e}")))
             })
             .collect()
     }

@@ -125,6 +125,8 @@ pub async fn diff(
         ),
     };
     let (from_id, from) = resolve_side(&state, &from_label).await?;
+    // Where each value of the `to` side comes from, when it is loaded from this directory.
+    let mut to_tree = (to_label == "current").then(|| state.config());
     let (to_id, to) = match &q.profile {
         Some(p) => {
             kos_config::load::check_profile_id(p).map_err(Problem::bad_request)?;
@@ -140,7 +142,11 @@ pub async fn diff(
             })
             .await?;
             match loaded {
-                Ok(l) => (l.snapshot_id.to_string(), effective(&l)),
+                Ok(l) => {
+                    let out = (l.snapshot_id.to_string(), effective(&l));
+                    to_tree = Some(std::sync::Arc::new(l));
+                    out
+                }
                 Err(None) => return Err(Problem::not_found(format!("no profile `{p}`"))),
                 Err(Some(d)) => return Err(Problem::invalid_config(&d)),
             }
@@ -148,14 +154,59 @@ pub async fn diff(
         None => resolve_side(&state, &to_label).await?,
     };
     let changes = diff_json(&from, &to);
+    let identical = changes.is_empty();
+    let changes: Vec<serde_json::Value> = changes
+        .into_iter()
+        .map(|c| {
+            let origin = to_tree
+                .as_ref()
+                .and_then(|l| l.tree.at_path(&c.path))
+                .map(|n| n.loc.to_string());
+            let mut v = json!(c);
+            if let Some(o) = origin {
+                v["origin"] = json!(o);
+            }
+            v
+        })
+        .collect();
     Ok(super::json(
         StatusCode::OK,
         json!({
             "from": {"ref": from_label, "snapshot_id": from_id},
             "to": {"ref": to_label, "snapshot_id": to_id},
-            "identical": changes.is_empty(),
+            "identical": identical,
             "changes": changes,
         }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesQuery {
+    path: String,
+}
+
+/// `GET /api/config/sources?path=agents.translatorAgent.max_concurrent_tasks`: the current
+/// value at a path and the file, line and column it comes from (built-in preset, profile,
+/// federation snapshot, local overlay or environment variable).
+pub async fn sources(
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<SourcesQuery>,
+) -> Result<Response, Problem> {
+    let l = state.config();
+    let node = l.tree.at_path(&q.path).ok_or_else(|| {
+        Problem::not_found(format!(
+            "`{}` is not set in the current configuration",
+            q.path
+        ))
+    })?;
+    let value = effective(&l)
+        .pointer(&format!("/{}", q.path.replace('.', "/")))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    Ok(super::json(
+        StatusCode::OK,
+        json!({"path": q.path, "value": value, "source": node.loc.to_string()}),
     ))
 }
 
@@ -246,6 +297,10 @@ pub async fn status(State(state): State<AppState>) -> Result<Response, Problem> 
     let l = state.config();
     let store = state.snapshots.clone();
     let head = blocking(move || store.head()).await??;
+    let federation = match &state.fed {
+        Some(f) => json!(f.status().await.map_err(|e| Problem::internal(&e))?),
+        None => json!([]),
+    };
     Ok(super::json(
         StatusCode::OK,
         json!({
@@ -260,6 +315,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Response, Problem> 
             "api": state.listen.to_string(),
             "uptime_seconds": super::uptime(&state).as_secs(),
             "version": env!("CARGO_PKG_VERSION"),
+            "federation": federation,
         }),
     ))
 }

@@ -12,6 +12,7 @@
 //! | GET | `/api/config/status` | snapshot ids, pending restart, last change |
 //! | GET | `/api/config/health` | checks of the config service and database |
 //! | GET | `/api/config/history` | applied snapshots, newest first |
+//! | GET | `/api/config/sources?path=` | a value and the file:line:column it comes from |
 //! | POST | `/api/config/rollback` | roll back to an earlier snapshot |
 //! | GET/POST | `/api/profiles` | list / create profiles |
 //! | GET/PUT/DELETE | `/api/profiles/{id}` | read / update / delete a profile |
@@ -20,9 +21,19 @@
 //! | GET | `/api/peers/{id}` | one peer |
 //! | POST | `/api/peers/dial` | dial a multiaddr (admission still goes through MAP) |
 //! | POST | `/api/peers/{id}/call` | call an admitted peer's API as this node (admin) |
+//! | POST | `/api/peers/{id}/approve` | federation op: approve a peer (admin) |
+//! | POST | `/api/peers/{id}/revoke` | federation op: revoke a peer (admin) |
+//! | POST | `/api/config/publish` | federation op: publish a config snapshot for a scope (admin) |
+//! | POST | `/api/config/publish/rollback` | publish an earlier snapshot again (admin) |
+//! | GET | `/api/federation` | admins, approved/revoked peers, published config |
+//! | GET | `/api/federation/log` | the op log with validity |
+//! | POST | `/api/federation/ops` | submit an op signed elsewhere (admin) |
+//! | POST | `/api/federation/draft` | an unsigned admin-set op to co-sign (admin) |
+//! | POST | `/api/federation/admins` | add/remove an admin with this node's key (admin) |
 
 pub mod authz;
 mod config;
+mod federation;
 mod ops;
 mod peers;
 pub mod problem;
@@ -66,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/config/status", get(config::status))
         .route("/api/config/health", get(config::health))
         .route("/api/config/history", get(config::history))
+        .route("/api/config/sources", get(config::sources))
         .route("/api/config/rollback", post(config::rollback))
         .route("/api/profiles", get(profiles::list).post(profiles::create))
         .route(
@@ -79,6 +91,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/peers/dial", post(peers::dial))
         .route("/api/peers/{id}", get(peers::read))
         .route("/api/peers/{id}/call", post(peers::call))
+        .route("/api/peers/{id}/approve", post(federation::approve))
+        .route("/api/peers/{id}/revoke", post(federation::revoke))
+        .route("/api/config/publish", post(federation::publish))
+        .route(
+            "/api/config/publish/rollback",
+            post(federation::publish_rollback),
+        )
+        .route("/api/federation", get(federation::view))
+        .route("/api/federation/log", get(federation::log))
+        .route("/api/federation/ops", post(federation::submit))
+        .route("/api/federation/draft", post(federation::draft))
+        .route("/api/federation/admins", post(federation::admins))
         .route(authz::METADATA_PATH, get(authz::metadata))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -1,0 +1,1617 @@
+//! Federation sync: the node's replica of the federation op-log, kept in step with its
+//! peers, and what it means for this node (admitted peers, shared configuration).
+//!
+//! One task (the *sync actor*) owns the [`Log`] and everything derived from it. It
+//!
+//! - loads the ops persisted in the database at start (before KLP starts, so the approved
+//!   set the swarm starts with already includes the federation's);
+//! - takes ops from the API (created and signed with the node's admin key, or signed
+//!   elsewhere and submitted), from gossip and from anti-entropy, verifies each with
+//!   [`Log::insert`], persists it, and gossips the ones created or submitted here;
+//! - runs anti-entropy with a peer on every admission and with one admitted peer (round
+//!   robin) every `federation.klp.sync_interval`: it sends its log heads and inserts the
+//!   ops the peer answers with, parents first, page by page;
+//! - holds ops whose parents are unknown for [`PENDING_TTL`] while it fetches them;
+//! - counts refused ops by reason and penalizes the peer responsible (the gossip source,
+//!   or the peer that answered a sync) after [`STRIKES`] refusals in [`STRIKE_WINDOW`];
+//! - polls `klp/peers.list` and hands the swarm the **effective approved set**: the
+//!   operator's entries plus the federation's approvals, minus the operator's blocks
+//!   (`!<id>`) and minus the federation's revocations; a revoked peer is disconnected;
+//! - writes the federation's approvals (and revocations, as comments) into the managed
+//!   section of `klp/peers.list`, atomically, never touching the operator's section;
+//! - applies each scope's published configuration: checks the content against its scope and
+//!   its snapshot id, validates the whole configuration with it, then writes
+//!   `federation/config/<scope>.yaml` atomically and activates it, or keeps the last good
+//!   configuration; either way it gossips an ACK or NACK (with the errors), which every node
+//!   collects per peer for `GET /api/config/status`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use ed25519_dalek::SigningKey;
+use kos_config::load::PEERS_LIST;
+use kos_klp::{InboundSync, Klp, KlpEvent, NodeId, PeerEntry, PeersFile};
+use kos_map_protocol::fedlog::{Genesis, Log, LogError, Op, OpBody, OpHash, State, UnsignedOp};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::daemon::NodeState;
+use crate::metrics::Metrics;
+use crate::store::{Db, OpStore};
+
+/// The node's federation admin key (from `kos admin keygen`), if it holds one.
+pub const ADMIN_KEY_FILE: &str = "federation/admin.key";
+/// Gossip payload tags (the first byte) on the federation topic.
+const TAG_OP: u8 = 1;
+const TAG_STATUS: u8 = 2;
+/// Ops with unknown parents kept while their parents are fetched.
+const MAX_PENDING: usize = 1024;
+pub const PENDING_TTL: Duration = Duration::from_secs(30);
+/// Most heads accepted in a sync request.
+const MAX_HEADS: usize = 1024;
+/// Pages fetched in one anti-entropy run.
+const MAX_SYNC_ROUNDS: u32 = 64;
+/// Refusals that get a peer penalized, and the window they are counted in.
+pub const STRIKES: u32 = 3;
+pub const STRIKE_WINDOW: Duration = Duration::from_secs(600);
+/// Refused ops remembered for `kos federation log`.
+const REFUSED_KEPT: usize = 256;
+/// Limits on a received ACK/NACK.
+const MAX_STATUS_ERRORS: usize = 50;
+const MAX_STATUS_ERROR_LEN: usize = 500;
+const COMMAND_QUEUE: usize = 64;
+const PEERS_LIST_POLL: Duration = Duration::from_millis(500);
+
+/// Why an API request about the federation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FedError {
+    #[error("federation sync is off: no admins in federation.klp.admins")]
+    Disabled,
+    #[error("this node holds no federation admin key ({ADMIN_KEY_FILE}; `kos admin keygen`)")]
+    NoAdminKey,
+    #[error("the operation was refused: {0}")]
+    Refused(#[from] LogError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the operation is valid but could not be stored: {0}")]
+    Store(String),
+    #[error("the sync task has stopped")]
+    Stopped,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SyncRequest {
+    heads: Vec<ByteBuf>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SyncResponse {
+    ops: Vec<ByteBuf>,
+    more: bool,
+}
+
+/// ACK or NACK of a configuration snapshot, as gossiped.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConfigStatus {
+    /// The `PublishConfig` op (hex hash).
+    pub op: String,
+    pub scope: String,
+    pub snapshot_id: String,
+    pub status: StatusKind,
+    #[serde(default)]
+    pub errors: Vec<String>,
+    pub at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusKind {
+    Ack,
+    Nack,
+    Pending,
+}
+
+/// The federation as this node sees it (for the API).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FedView {
+    pub enabled: bool,
+    pub admins: Vec<String>,
+    pub threshold: u32,
+    /// The admin id of the key this node holds, if any.
+    pub local_admin: Option<String>,
+    pub approved: Vec<ApprovedView>,
+    pub revoked: Vec<RevokedView>,
+    /// Peers the operator blocks in peers.list.
+    pub blocked: Vec<String>,
+    pub config: Vec<ScopeView>,
+    pub ops: usize,
+    pub heads: Vec<String>,
+    pub pending: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ApprovedView {
+    pub id: String,
+    pub addrs: Vec<String>,
+    pub label: Option<String>,
+    pub op: String,
+    /// Blocked locally: not admitted here despite the approval.
+    pub blocked_locally: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RevokedView {
+    pub id: String,
+    pub reason: String,
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ScopeView {
+    pub scope: String,
+    pub snapshot_id: String,
+    pub op: String,
+    /// This node's own verdict.
+    pub status: StatusKind,
+    pub errors: Vec<String>,
+}
+
+/// One op of the log, for `kos federation log`.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpView {
+    pub hash: String,
+    pub author: String,
+    pub seq: u64,
+    pub lamport: u64,
+    pub timestamp_ms: u64,
+    pub parents: Vec<String>,
+    pub signers: Vec<String>,
+    pub kind: &'static str,
+    pub summary: String,
+    /// `valid` for ops in the log; the reason for refused ones.
+    pub validity: String,
+}
+
+/// Per-peer ACK/NACK/pending of the current snapshot of each scope.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScopeStatus {
+    pub scope: String,
+    pub snapshot_id: String,
+    pub op: String,
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerStatus {
+    pub peer: String,
+    pub this_node: bool,
+    pub status: StatusKind,
+    pub errors: Vec<String>,
+    pub at_ms: Option<u64>,
+}
+
+enum Command {
+    Create {
+        body: OpBody,
+        reply: oneshot::Sender<Result<String, FedError>>,
+    },
+    Submit {
+        op: Vec<u8>,
+        reply: oneshot::Sender<Result<String, FedError>>,
+    },
+    Draft {
+        author: NodeId,
+        body: OpBody,
+        reply: oneshot::Sender<Result<Vec<u8>, FedError>>,
+    },
+    Log {
+        reply: oneshot::Sender<Vec<OpView>>,
+    },
+    Status {
+        reply: oneshot::Sender<Vec<ScopeStatus>>,
+    },
+    FindSnapshot {
+        scope: String,
+        snapshot_id: String,
+        reply: oneshot::Sender<Option<String>>,
+    },
+}
+
+/// Handle to the sync actor. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct FedSync {
+    commands: mpsc::Sender<Command>,
+    view: watch::Receiver<Arc<FedView>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl FedSync {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, FedError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| FedError::Stopped)?;
+        rx.await.map_err(|_| FedError::Stopped)
+    }
+
+    /// The federation as this node sees it now.
+    pub fn view(&self) -> Arc<FedView> {
+        self.view.borrow().clone()
+    }
+
+    /// A stream of views, changing whenever the derived state does.
+    pub fn watch(&self) -> watch::Receiver<Arc<FedView>> {
+        self.view.clone()
+    }
+
+    /// Creates an op with the node's admin key, inserts and gossips it. Returns its hash.
+    pub async fn create(&self, body: OpBody) -> Result<String, FedError> {
+        self.ask(|reply| Command::Create { body, reply }).await?
+    }
+
+    /// Inserts an op signed elsewhere (canonical wire form) and gossips it.
+    pub async fn submit(&self, op: Vec<u8>) -> Result<String, FedError> {
+        self.ask(|reply| Command::Submit { op, reply }).await?
+    }
+
+    /// The unsigned op `author` would sign next (canonical bytes), for signing elsewhere.
+    pub async fn draft(&self, author: NodeId, body: OpBody) -> Result<Vec<u8>, FedError> {
+        self.ask(|reply| Command::Draft {
+            author,
+            body,
+            reply,
+        })
+        .await?
+    }
+
+    /// Every op in the total order, then the recently refused ones.
+    pub async fn log(&self) -> Result<Vec<OpView>, FedError> {
+        self.ask(|reply| Command::Log { reply }).await
+    }
+
+    /// ACK/NACK/pending per peer for each scope's current snapshot.
+    pub async fn status(&self) -> Result<Vec<ScopeStatus>, FedError> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// The content of an earlier snapshot of `scope` (for rollback).
+    pub async fn find_snapshot(
+        &self,
+        scope: &str,
+        snapshot_id: &str,
+    ) -> Result<Option<String>, FedError> {
+        let (scope, snapshot_id) = (scope.to_string(), snapshot_id.to_string());
+        self.ask(|reply| Command::FindSnapshot {
+            scope,
+            snapshot_id,
+            reply,
+        })
+        .await
+    }
+}
+
+/// The id of a snapshot's content: SHA-256, lowercase hex.
+pub fn snapshot_id(content: &str) -> String {
+    hex::encode(Sha256::digest(content.as_bytes()))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Loads a federation admin key (PKCS#8 PEM, mode 0600).
+pub fn load_admin_key(path: &Path) -> Result<SigningKey> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the admin key {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "{}: readable by other users (mode {:o}); run `chmod 600` on it",
+                path.display(),
+                mode & 0o777
+            );
+        }
+    }
+    SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("{}: not an ed25519 PKCS#8 PEM key: {e}", path.display()))
+}
+
+/// Creates a new admin key file (never overwrites). Returns the admin id.
+pub fn create_admin_key(path: &Path) -> Result<NodeId> {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
+    use std::io::Write;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let key = SigningKey::from_bytes(&seed);
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("encoding the key: {e}"))?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).with_context(|| {
+        format!(
+            "creating {} (an existing key is never overwritten)",
+            path.display()
+        )
+    })?;
+    f.write_all(pem.as_bytes())?;
+    f.sync_all()?;
+    Ok(NodeId::from_public_key(key.verifying_key()))
+}
+
+/// Reads and parses `klp/peers.list`; a missing file is empty. Errors name file and line.
+pub fn read_peers_file(dir: &Path) -> Result<PeersFile, Vec<String>> {
+    let path = dir.join(PEERS_LIST);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PeersFile::default()),
+        Err(e) => return Err(vec![format!("{PEERS_LIST}: cannot read: {e}")]),
+    };
+    kos_klp::parse_peers_file(&text).map_err(|errs| {
+        errs.iter()
+            .map(|e| format!("{PEERS_LIST}:{}: {}", e.line, e.message))
+            .collect()
+    })
+}
+
+/// The peers the swarm admits: the operator's entries plus the federation's approvals,
+/// minus the operator's blocks and the federation's revocations. (A revocation beats a
+/// local entry too: a peer revoked by the federation is cut off everywhere; an operator who
+/// disagrees takes it up with the admins.)
+pub fn effective_peers(file: &PeersFile, state: Option<&State>) -> Vec<PeerEntry> {
+    let blocked: HashSet<NodeId> = file.blocked.iter().map(|b| b.id).collect();
+    let revoked: HashSet<NodeId> = state
+        .map(|s| s.revoked.keys().copied().collect())
+        .unwrap_or_default();
+    let mut out: Vec<PeerEntry> = file
+        .local
+        .iter()
+        .filter(|e| !blocked.contains(&e.id) && !revoked.contains(&e.id))
+        .cloned()
+        .collect();
+    if let Some(state) = state {
+        for (id, a) in &state.approved {
+            if blocked.contains(id) {
+                continue;
+            }
+            let addrs: Vec<String> = a
+                .addrs
+                .iter()
+                .filter_map(|x| kos_klp::peers::check_addr(x, id).ok())
+                .collect();
+            match out.iter_mut().find(|e| e.id == *id) {
+                Some(local) => {
+                    for x in addrs {
+                        if !local.addrs.contains(&x) {
+                            local.addrs.push(x);
+                        }
+                    }
+                }
+                None => out.push(PeerEntry {
+                    id: *id,
+                    addrs,
+                    label: a.label.clone(),
+                    line: 0,
+                }),
+            }
+        }
+    }
+    out
+}
+
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The managed section of peers.list for a state.
+pub fn render_managed(state: &State) -> String {
+    let mut out = String::new();
+    for (id, a) in &state.approved {
+        let addrs: Vec<String> = a
+            .addrs
+            .iter()
+            .filter_map(|x| kos_klp::peers::check_addr(x, id).ok())
+            .collect();
+        out.push_str(&kos_klp::peers::render_entry(&PeerEntry {
+            id: *id,
+            addrs,
+            label: Some(match &a.label {
+                Some(l) => format!("{} (op {})", one_line(l), short(&a.op)),
+                None => format!("op {}", short(&a.op)),
+            }),
+            line: 0,
+        }));
+        out.push('\n');
+    }
+    for (id, r) in &state.revoked {
+        out.push_str(&format!(
+            "# revoked {id}: {} (op {})\n",
+            one_line(&r.reason),
+            short(&r.op)
+        ));
+    }
+    out
+}
+
+fn short(h: &OpHash) -> String {
+    h.to_string()[..12].to_string()
+}
+
+/// Writes the managed section into peers.list if it differs, atomically; if the operator
+/// edits the file meanwhile, starts over with their version.
+pub fn write_managed(dir: &Path, managed: &str) -> std::io::Result<bool> {
+    let path = dir.join(PEERS_LIST);
+    for _ in 0..5 {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        let new = kos_klp::peers::replace_managed(&text, managed);
+        if new == text {
+            return Ok(false);
+        }
+        let again = std::fs::read_to_string(&path).unwrap_or_default();
+        if again != text {
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        kos_config::snapshot::atomic_write(&path, new.as_bytes(), None, &mut |_| {})?;
+        return Ok(true);
+    }
+    Err(std::io::Error::other(
+        "peers.list keeps changing; will retry",
+    ))
+}
+
+/// What the sync actor starts from; built before KLP starts.
+pub struct FedCore {
+    log: Option<Log>,
+    admin_key: Option<SigningKey>,
+    peers: PeersFile,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for FedCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FedCore")
+            .field("ops", &self.log.as_ref().map(Log::len))
+            .finish_non_exhaustive()
+    }
+}
+
+impl FedCore {
+    /// Builds the log from the configured genesis and the ops in the database, reads
+    /// peers.list and the admin key. Every problem is an error naming its source.
+    pub async fn open(cfg: &kos_config::Config, db: &Db, dir: &Path) -> Result<Self> {
+        let k = &cfg.federation.klp;
+        let peers = read_peers_file(dir)
+            .map_err(|e| anyhow::anyhow!("invalid peers list:\n{}", e.join("\n")))?;
+        let key_path = dir.join(ADMIN_KEY_FILE);
+        let admin_key = if key_path.exists() {
+            Some(load_admin_key(&key_path)?)
+        } else {
+            None
+        };
+        if k.admins.is_empty() {
+            return Ok(Self {
+                log: None,
+                admin_key,
+                peers,
+                dir: dir.to_path_buf(),
+            });
+        }
+        let admins = k
+            .admins
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.parse::<NodeId>().map_err(|e| {
+                    anyhow::anyhow!("federation.klp.admins[{i}]: `{a}` is not an admin id: {e}")
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut log = Log::new(Genesis {
+            admins,
+            threshold: k.admin_threshold,
+        })
+        .map_err(|e| anyhow::anyhow!("federation.klp.admins: {e}"))?;
+        let stored = db.all_ops().await.context("reading the federation log")?;
+        let mut left: Vec<Op> = Vec::new();
+        for (i, bytes) in stored.iter().enumerate() {
+            match Op::decode(bytes) {
+                Ok(op) => left.push(op),
+                Err(e) => {
+                    warn!(row = i, error = %e, "stored federation op does not decode; skipped")
+                }
+            }
+        }
+        // Stored in lamport order, so parents come first; retry what still misses parents
+        // (same lamport) until nothing moves.
+        loop {
+            let before = left.len();
+            let mut next = Vec::new();
+            for op in left {
+                match log.insert(op.clone()) {
+                    Ok(_) | Err(LogError::AlreadyKnown(_)) => {}
+                    Err(LogError::UnknownParents(_)) => next.push(op),
+                    Err(e) => {
+                        warn!(op = %op.hash(), error = %e, "stored federation op refused; skipped")
+                    }
+                }
+            }
+            left = next;
+            if left.is_empty() || left.len() == before {
+                break;
+            }
+        }
+        if !left.is_empty() {
+            warn!(
+                ops = left.len(),
+                "stored federation ops miss their parents; they will be refetched"
+            );
+        }
+        info!(ops = log.len(), "federation log loaded");
+        Ok(Self {
+            log: Some(log),
+            admin_key,
+            peers,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The approved set to start the swarm with.
+    pub fn effective_peers(&self) -> Vec<PeerEntry> {
+        let state = self.log.as_ref().map(Log::state);
+        effective_peers(&self.peers, state.as_ref())
+    }
+}
+
+/// Creates the handle; the actor starts with [`spawn`] once the node state exists.
+pub fn channel() -> (FedSync, FedParts) {
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (view_tx, view_rx) = watch::channel(Arc::new(FedView::default()));
+    (
+        FedSync {
+            commands: tx,
+            view: view_rx,
+        },
+        FedParts {
+            commands: rx,
+            view: view_tx,
+        },
+    )
+}
+
+/// The actor's ends of the channels.
+#[derive(Debug)]
+pub struct FedParts {
+    commands: mpsc::Receiver<Command>,
+    view: watch::Sender<Arc<FedView>>,
+}
+
+struct Pending {
+    op: Op,
+    from: Option<NodeId>,
+    since: Instant,
+}
+
+struct Refused {
+    at_ms: u64,
+    hash: Option<OpHash>,
+    author: Option<NodeId>,
+    from: Option<NodeId>,
+    reason: String,
+}
+
+struct Actor {
+    core: FedCore,
+    parts: FedParts,
+    node: Arc<NodeState>,
+    klp: Klp,
+    metrics: Arc<Metrics>,
+    handshake_required: bool,
+    sync_interval: Duration,
+    pending: HashMap<OpHash, Pending>,
+    refused: VecDeque<Refused>,
+    strikes: HashMap<NodeId, VecDeque<Instant>>,
+    admitted: BTreeSet<NodeId>,
+    syncing: HashSet<NodeId>,
+    next_sync: usize,
+    sync_results: mpsc::Sender<(NodeId, Result<SyncResponse, String>, u32)>,
+    /// What the swarm was last given, and what was last written.
+    applied_peers: Option<Vec<PeerEntry>>,
+    last_state: Option<State>,
+    peers_fingerprint: Option<(SystemTime, u64)>,
+    /// This node's verdict per scope: (op, status, errors).
+    own: BTreeMap<String, (OpHash, StatusKind, Vec<String>)>,
+    /// Peers' verdicts by op.
+    statuses: HashMap<OpHash, BTreeMap<NodeId, ConfigStatus>>,
+}
+
+fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Starts the sync actor. `events` must be subscribed right after KLP started, so no
+/// admission is missed.
+pub fn spawn(
+    core: FedCore,
+    parts: FedParts,
+    node: Arc<NodeState>,
+    klp: Klp,
+    events: broadcast::Receiver<KlpEvent>,
+    token: CancellationToken,
+) {
+    let cfg = node.boot.config.federation.klp.clone();
+    let inbound = klp.take_inbound_sync();
+    let (results_tx, results_rx) = mpsc::channel(64);
+    let peers_fingerprint = fingerprint(&core.dir.join(PEERS_LIST));
+    let mut actor = Actor {
+        metrics: node.metrics.clone(),
+        core,
+        parts,
+        node,
+        klp,
+        handshake_required: cfg.handshake_required,
+        sync_interval: cfg.sync_interval.get(),
+        pending: HashMap::new(),
+        refused: VecDeque::new(),
+        strikes: HashMap::new(),
+        admitted: BTreeSet::new(),
+        syncing: HashSet::new(),
+        next_sync: 0,
+        sync_results: results_tx,
+        applied_peers: None,
+        last_state: None,
+        peers_fingerprint,
+        own: BTreeMap::new(),
+        statuses: HashMap::new(),
+    };
+    tokio::spawn(async move {
+        actor.run(events, inbound, results_rx, token).await;
+    });
+}
+
+impl Actor {
+    async fn run(
+        &mut self,
+        mut events: broadcast::Receiver<KlpEvent>,
+        mut inbound: Option<mpsc::Receiver<InboundSync>>,
+        mut results: mpsc::Receiver<(NodeId, Result<SyncResponse, String>, u32)>,
+        token: CancellationToken,
+    ) {
+        self.on_changed(true).await;
+        let mut poll = tokio::time::interval(PEERS_LIST_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sync_tick = tokio::time::interval(self.sync_interval);
+        sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                c = self.parts.commands.recv() => match c {
+                    Some(c) => self.on_command(c).await,
+                    None => return,
+                },
+                ev = events.recv() => match ev {
+                    Ok(ev) => self.on_event(ev).await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(missed = n, "KLP events dropped; syncing with every peer");
+                        let peers: Vec<NodeId> = self.admitted.iter().copied().collect();
+                        for p in peers {
+                            self.start_sync(p, 0);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                Some(req) = async { match inbound.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                    self.answer_sync(req);
+                }
+                Some((peer, res, round)) = results.recv() => self.on_sync_result(peer, res, round).await,
+                _ = poll.tick() => {
+                    self.poll_peers_list().await;
+                    self.expire_pending().await;
+                }
+                _ = sync_tick.tick() => self.periodic().await,
+            }
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.core.log.is_some()
+    }
+
+    async fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Create { body, reply } => {
+                let r = self.create(body).await;
+                let _ = reply.send(r);
+            }
+            Command::Submit { op, reply } => {
+                let r = self.submit(op).await;
+                let _ = reply.send(r);
+            }
+            Command::Draft {
+                author,
+                body,
+                reply,
+            } => {
+                let r = match &self.core.log {
+                    None => Err(FedError::Disabled),
+                    Some(log) => Ok(log.draft(author, body, now_ms()).canonical_bytes()),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Log { reply } => {
+                let _ = reply.send(self.log_view());
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status_view());
+            }
+            Command::FindSnapshot {
+                scope,
+                snapshot_id,
+                reply,
+            } => {
+                let found = self.core.log.as_ref().and_then(|log| {
+                    log.iter().find_map(|op| match &op.unsigned.body {
+                        OpBody::PublishConfig {
+                            snapshot_id: id,
+                            scope: s,
+                            content,
+                        } if *s == scope && *id == snapshot_id => Some(content.clone()),
+                        _ => None,
+                    })
+                });
+                let _ = reply.send(found);
+            }
+        }
+    }
+
+    async fn create(&mut self, body: OpBody) -> Result<String, FedError> {
+        let log = self.core.log.as_ref().ok_or(FedError::Disabled)?;
+        let key = self.core.admin_key.as_ref().ok_or(FedError::NoAdminKey)?;
+        let op = log.new_op(key, body, now_ms());
+        self.local_insert(op).await
+    }
+
+    async fn submit(&mut self, bytes: Vec<u8>) -> Result<String, FedError> {
+        if self.core.log.is_none() {
+            return Err(FedError::Disabled);
+        }
+        let op = Op::decode(&bytes)?;
+        self.local_insert(op).await
+    }
+
+    /// An op made or submitted here: inserted, persisted, gossiped; errors go back to the
+    /// caller (and are not strikes).
+    async fn local_insert(&mut self, op: Op) -> Result<String, FedError> {
+        let log = self.core.log.as_mut().ok_or(FedError::Disabled)?;
+        let bytes = op.encode();
+        let hash = match log.insert(op.clone()) {
+            Ok(h) => h,
+            Err(e) => {
+                Metrics::outcome(&self.metrics.fedlog_ops, &format!("refused:{}", reason(&e)));
+                self.remember_refused(Some(&op), None, &e);
+                return Err(e.into());
+            }
+        };
+        Metrics::outcome(&self.metrics.fedlog_ops, "inserted");
+        let stored = self
+            .node
+            .db
+            .insert_op(&hash.to_string(), op.unsigned.lamport, &bytes)
+            .await;
+        let mut msg = Vec::with_capacity(bytes.len() + 1);
+        msg.push(TAG_OP);
+        msg.extend_from_slice(&bytes);
+        if let Err(e) = self.klp.publish("", msg).await {
+            // No peer in the mesh yet: anti-entropy delivers it later.
+            debug!(error = %e, "op not gossiped now");
+        }
+        info!(op = %hash, kind = kind(&op.unsigned.body), "federation op created");
+        self.retry_pending(None).await;
+        self.on_changed(false).await;
+        stored.map_err(|e| FedError::Store(e.to_string()))?;
+        Ok(hash.to_string())
+    }
+
+    /// An op from the network. Returns whether the log grew.
+    async fn ingest(&mut self, bytes: &[u8], from: Option<NodeId>) -> bool {
+        let op = match Op::decode(bytes) {
+            Ok(op) => op,
+            Err(e) => {
+                self.refuse(None, from, &e).await;
+                return false;
+            }
+        };
+        self.ingest_op(op, from).await
+    }
+
+    async fn ingest_op(&mut self, op: Op, from: Option<NodeId>) -> bool {
+        let Some(log) = self.core.log.as_mut() else {
+            return false;
+        };
+        let hash = op.hash();
+        match log.insert(op.clone()) {
+            Ok(_) => {
+                Metrics::outcome(&self.metrics.fedlog_ops, "inserted");
+                if let Err(e) = self
+                    .node
+                    .db
+                    .insert_op(&hash.to_string(), op.unsigned.lamport, &op.encode())
+                    .await
+                {
+                    warn!(op = %hash, error = %e, "cannot persist a federation op; it will be refetched after a restart");
+                }
+                debug!(op = %hash, "federation op inserted");
+                true
+            }
+            Err(LogError::AlreadyKnown(_)) => {
+                Metrics::outcome(&self.metrics.fedlog_ops, "known");
+                false
+            }
+            Err(LogError::UnknownParents(_)) => {
+                if self.pending.len() < MAX_PENDING && !self.pending.contains_key(&hash) {
+                    self.pending.insert(
+                        hash,
+                        Pending {
+                            op,
+                            from,
+                            since: Instant::now(),
+                        },
+                    );
+                }
+                if let Some(p) = from {
+                    self.start_sync(p, 0);
+                }
+                false
+            }
+            Err(e @ LogError::Equivocation { .. }) => {
+                // Not the relay's fault: it may have seen the other op first.
+                Metrics::outcome(&self.metrics.fedlog_ops, "refused:equivocation");
+                warn!(op = %hash, error = %e, "equivocating federation op");
+                self.remember_refused(Some(&op), from, &e);
+                false
+            }
+            Err(e) => {
+                self.refuse(Some(&op), from, &e).await;
+                false
+            }
+        }
+    }
+
+    fn remember_refused(&mut self, op: Option<&Op>, from: Option<NodeId>, e: &LogError) {
+        if self.refused.len() >= REFUSED_KEPT {
+            self.refused.pop_front();
+        }
+        self.refused.push_back(Refused {
+            at_ms: now_ms(),
+            hash: op.map(Op::hash),
+            author: op.map(|o| *o.author()),
+            from,
+            reason: e.to_string(),
+        });
+    }
+
+    async fn refuse(&mut self, op: Option<&Op>, from: Option<NodeId>, e: &LogError) {
+        Metrics::outcome(&self.metrics.fedlog_ops, &format!("refused:{}", reason(e)));
+        warn!(from = ?from.map(|f| f.to_string()), error = %e, "federation op refused");
+        self.remember_refused(op, from, e);
+        let Some(peer) = from else { return };
+        let now = Instant::now();
+        let q = self.strikes.entry(peer).or_default();
+        q.push_back(now);
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > STRIKE_WINDOW)
+        {
+            q.pop_front();
+        }
+        if q.len() as u32 >= STRIKES {
+            q.clear();
+            warn!(peer = %peer, "peer sent {STRIKES} invalid federation ops: penalizing");
+            let _ = self
+                .klp
+                .penalize(&peer, "sent invalid federation operations")
+                .await;
+        }
+    }
+
+    /// Inserts pending ops whose parents have arrived, until nothing moves.
+    async fn retry_pending(&mut self, _from: Option<NodeId>) -> bool {
+        let mut grew = false;
+        loop {
+            let ready: Vec<OpHash> = match &self.core.log {
+                None => return grew,
+                Some(log) => self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| p.op.unsigned.parents.iter().all(|h| log.contains(h)))
+                    .map(|(h, _)| *h)
+                    .collect(),
+            };
+            if ready.is_empty() {
+                return grew;
+            }
+            for h in ready {
+                if let Some(p) = self.pending.remove(&h) {
+                    grew |= self.ingest_op(p.op, p.from).await;
+                }
+            }
+        }
+    }
+
+    async fn expire_pending(&mut self) {
+        let expired: Vec<OpHash> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() > PENDING_TTL)
+            .map(|(h, _)| *h)
+            .collect();
+        let mut changed = false;
+        for h in expired {
+            if let Some(p) = self.pending.remove(&h) {
+                let missing: Vec<OpHash> = match &self.core.log {
+                    Some(log) => {
+                        p.op.unsigned
+                            .parents
+                            .iter()
+                            .filter(|x| !log.contains(x))
+                            .copied()
+                            .collect()
+                    }
+                    None => Vec::new(),
+                };
+                self.refuse(Some(&p.op), p.from, &LogError::UnknownParents(missing))
+                    .await;
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish_view(self.last_state.as_ref());
+        }
+    }
+
+    async fn on_event(&mut self, ev: KlpEvent) {
+        match ev {
+            KlpEvent::Admitted { peer, .. } => {
+                if let Ok(p) = peer.parse::<NodeId>() {
+                    self.admitted.insert(p);
+                    self.start_sync(p, 0);
+                    self.gossip_own_statuses().await;
+                }
+            }
+            KlpEvent::Disconnected { peer } => {
+                if let Ok(p) = peer.parse::<NodeId>() {
+                    self.admitted.remove(&p);
+                }
+            }
+            KlpEvent::Message { from, data, .. } => {
+                let from = from.parse::<NodeId>().ok();
+                match data.split_first() {
+                    Some((&TAG_OP, rest)) if self.enabled() => {
+                        let mut grew = self.ingest(rest, from).await;
+                        grew |= self.retry_pending(from).await;
+                        if grew {
+                            self.on_changed(false).await;
+                        } else {
+                            self.publish_view(self.last_state.as_ref());
+                        }
+                    }
+                    Some((&TAG_STATUS, rest)) => {
+                        if let Some(f) = from {
+                            self.on_status(f, rest);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_status(&mut self, from: NodeId, bytes: &[u8]) {
+        let Ok(mut st) = serde_json::from_slice::<ConfigStatus>(bytes) else {
+            debug!(peer = %from, "undecodable config status");
+            return;
+        };
+        let Ok(op) = st.op.parse::<OpHash>() else {
+            return;
+        };
+        st.errors.truncate(MAX_STATUS_ERRORS);
+        for e in &mut st.errors {
+            if e.len() > MAX_STATUS_ERROR_LEN {
+                let mut cut = MAX_STATUS_ERROR_LEN;
+                while !e.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                e.truncate(cut);
+            }
+        }
+        // Only statuses about ops this node knows are kept (bounds memory).
+        if !self.core.log.as_ref().is_some_and(|l| l.contains(&op)) {
+            return;
+        }
+        let entry = self.statuses.entry(op).or_default();
+        if entry.get(&from).is_none_or(|old| old.at_ms <= st.at_ms) {
+            entry.insert(from, st);
+        }
+    }
+
+    fn start_sync(&mut self, peer: NodeId, round: u32) {
+        let Some(log) = &self.core.log else { return };
+        if round == 0 && !self.syncing.insert(peer) {
+            return;
+        }
+        let heads: Vec<ByteBuf> = log
+            .heads()
+            .into_iter()
+            .take(MAX_HEADS)
+            .map(|h| ByteBuf::from(h.0.to_vec()))
+            .collect();
+        let mut body = Vec::new();
+        if ciborium::into_writer(&SyncRequest { heads }, &mut body).is_err() {
+            self.syncing.remove(&peer);
+            return;
+        }
+        let klp = self.klp.clone();
+        let back = self.sync_results.clone();
+        tokio::spawn(async move {
+            let res = match klp.sync(&peer, body).await {
+                Ok(bytes) => ciborium::from_reader::<SyncResponse, _>(bytes.as_slice())
+                    .map_err(|e| format!("undecodable sync answer: {e}")),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = back.send((peer, res, round)).await;
+        });
+    }
+
+    async fn on_sync_result(
+        &mut self,
+        peer: NodeId,
+        res: Result<SyncResponse, String>,
+        round: u32,
+    ) {
+        let resp = match res {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(peer = %peer, error = %e, "sync failed");
+                self.syncing.remove(&peer);
+                return;
+            }
+        };
+        let mut grew = false;
+        for bytes in &resp.ops {
+            grew |= self.ingest(bytes, Some(peer)).await;
+        }
+        grew |= self.retry_pending(Some(peer)).await;
+        if grew {
+            self.on_changed(false).await;
+        } else {
+            self.publish_view(self.last_state.as_ref());
+        }
+        if resp.more && grew && round + 1 < MAX_SYNC_ROUNDS {
+            self.start_sync(peer, round + 1);
+        } else {
+            self.syncing.remove(&peer);
+        }
+    }
+
+    fn answer_sync(&mut self, req: InboundSync) {
+        let answer = match (
+            &self.core.log,
+            ciborium::from_reader::<SyncRequest, _>(req.body.as_slice()),
+        ) {
+            (Some(log), Ok(r)) if r.heads.len() <= MAX_HEADS => {
+                let heads: Vec<OpHash> = r
+                    .heads
+                    .iter()
+                    .filter_map(|h| <[u8; 32]>::try_from(h.as_slice()).ok().map(OpHash))
+                    .collect();
+                let mut ops = Vec::new();
+                let mut size = 0;
+                let mut more = false;
+                for op in log.ops_after(&heads) {
+                    let b = op.encode();
+                    if !ops.is_empty() && size + b.len() > kos_klp::SYNC_RESPONSE_BUDGET {
+                        more = true;
+                        break;
+                    }
+                    size += b.len();
+                    ops.push(ByteBuf::from(b));
+                }
+                SyncResponse { ops, more }
+            }
+            _ => SyncResponse {
+                ops: Vec::new(),
+                more: false,
+            },
+        };
+        let mut body = Vec::new();
+        if ciborium::into_writer(&answer, &mut body).is_ok() {
+            let _ = req.reply.send(body);
+        }
+    }
+
+    async fn periodic(&mut self) {
+        if let Ok(peers) = self.klp.peers().await {
+            self.admitted = peers
+                .iter()
+                .filter(|p| p.connected && p.state == kos_klp::HandshakeState::Admitted)
+                .filter_map(|p| p.id.parse().ok())
+                .collect();
+        }
+        if !self.admitted.is_empty() {
+            let i = self.next_sync % self.admitted.len();
+            self.next_sync = self.next_sync.wrapping_add(1);
+            if let Some(p) = self.admitted.iter().nth(i).copied() {
+                self.start_sync(p, 0);
+            }
+        }
+        self.gossip_own_statuses().await;
+    }
+
+    async fn gossip_own_statuses(&mut self) {
+        let statuses: Vec<ConfigStatus> = self
+            .own
+            .iter()
+            .map(|(scope, (op, status, errors))| ConfigStatus {
+                op: op.to_string(),
+                scope: scope.clone(),
+                snapshot_id: self.snapshot_of(op).unwrap_or_default(),
+                status: *status,
+                errors: errors.clone(),
+                at_ms: now_ms(),
+            })
+            .collect();
+        for st in statuses {
+            if let Ok(json) = serde_json::to_vec(&st) {
+                let mut msg = vec![TAG_STATUS];
+                msg.extend_from_slice(&json);
+                let _ = self.klp.publish("", msg).await;
+            }
+        }
+    }
+
+    fn snapshot_of(&self, op: &OpHash) -> Option<String> {
+        match &self.core.log.as_ref()?.get(op)?.unsigned.body {
+            OpBody::PublishConfig { snapshot_id, .. } => Some(snapshot_id.clone()),
+            _ => None,
+        }
+    }
+
+    async fn poll_peers_list(&mut self) {
+        let path = self.core.dir.join(PEERS_LIST);
+        let now = fingerprint(&path);
+        if now == self.peers_fingerprint {
+            return;
+        }
+        self.peers_fingerprint = now;
+        let dir = self.core.dir.clone();
+        let parsed = tokio::task::spawn_blocking(move || read_peers_file(&dir)).await;
+        match parsed {
+            Ok(Ok(file)) => {
+                if file != self.core.peers {
+                    info!(
+                        local = file.local.len(),
+                        blocked = file.blocked.len(),
+                        "peers.list changed: applying"
+                    );
+                    Metrics::outcome(&self.metrics.peers_list_reloads, "applied");
+                    self.core.peers = file;
+                    self.on_changed(false).await;
+                }
+            }
+            Ok(Err(errors)) => {
+                Metrics::outcome(&self.metrics.peers_list_reloads, "invalid");
+                for e in errors {
+                    warn!(error = %e, "peers.list is invalid; keeping the running list");
+                }
+            }
+            Err(e) => warn!(error = %e, "peers.list reader failed"),
+        }
+    }
+
+    /// Brings everything derived from the log and peers.list up to date.
+    async fn on_changed(&mut self, first: bool) {
+        let state = self.core.log.as_ref().map(Log::state);
+        if let Some(log) = &self.core.log {
+            self.metrics.fedlog_size.set(log.len() as i64);
+        }
+        // The swarm's approved set.
+        let peers = effective_peers(&self.core.peers, state.as_ref());
+        if self.applied_peers.as_ref() != Some(&peers) {
+            if !first || self.applied_peers.is_some() {
+                info!(peers = peers.len(), "approved peers changed");
+            }
+            if self
+                .klp
+                .set_approved(peers.clone(), self.handshake_required)
+                .await
+                .is_ok()
+            {
+                self.applied_peers = Some(peers);
+            }
+        }
+        if let Some(state) = &state
+            && self.last_state.as_ref() != Some(state)
+        {
+            self.record_changes(state).await;
+            // peers.list's managed section.
+            let dir = self.core.dir.clone();
+            let managed = render_managed(state);
+            match tokio::task::spawn_blocking(move || write_managed(&dir, &managed)).await {
+                Ok(Ok(true)) => {
+                    self.peers_fingerprint = fingerprint(&self.core.dir.join(PEERS_LIST));
+                    if let Ok(f) = read_peers_file(&self.core.dir) {
+                        self.core.peers = f;
+                    }
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => warn!(error = %e, "cannot write peers.list"),
+                Err(e) => warn!(error = %e, "peers.list writer failed"),
+            }
+            // Configuration snapshots.
+            for (scope, published) in &state.config {
+                if self.own.get(scope).map(|o| o.0) != Some(published.op) {
+                    self.apply_snapshot(scope, published).await;
+                }
+            }
+            self.last_state = Some(state.clone());
+        }
+        self.publish_view(state.as_ref());
+    }
+
+    async fn record_changes(&mut self, state: &State) {
+        let old = self.last_state.clone();
+        let Some(old) = old else { return };
+        for id in state.approved.keys() {
+            if !old.approved.contains_key(id) {
+                self.node
+                    .record(
+                        "peer_approved",
+                        "federation",
+                        None,
+                        serde_json::json!({"peer": id.to_string()}),
+                    )
+                    .await;
+            }
+        }
+        for (id, r) in &state.revoked {
+            if !old.revoked.contains_key(id) {
+                self.node
+                    .record(
+                        "peer_revoked",
+                        "federation",
+                        None,
+                        serde_json::json!({"peer": id.to_string(), "reason": r.reason}),
+                    )
+                    .await;
+            }
+        }
+    }
+
+    /// Checks and applies one scope's snapshot; records this node's ACK or NACK and
+    /// gossips it.
+    async fn apply_snapshot(&mut self, scope: &str, p: &kos_map_protocol::fedlog::Published) {
+        let result = self.try_apply(scope, p).await;
+        let (status, errors) = match &result {
+            Ok(()) => (StatusKind::Ack, Vec::new()),
+            Err(errs) => (StatusKind::Nack, errs.clone()),
+        };
+        match &result {
+            Ok(()) => info!(scope, snapshot = %&p.snapshot_id[..12], "federation snapshot applied"),
+            Err(errs) => {
+                warn!(scope, snapshot = %&p.snapshot_id[..12], errors = ?errs, "federation snapshot refused; keeping the last good configuration")
+            }
+        }
+        self.node
+            .record(
+                if status == StatusKind::Ack {
+                    "federation_config_applied"
+                } else {
+                    "federation_config_refused"
+                },
+                "federation",
+                None,
+                serde_json::json!({"scope": scope, "snapshot_id": p.snapshot_id, "op": p.op.to_string(), "errors": errors}),
+            )
+            .await;
+        self.own.insert(scope.to_string(), (p.op, status, errors));
+        self.gossip_own_statuses().await;
+    }
+
+    async fn try_apply(
+        &self,
+        scope: &str,
+        p: &kos_map_protocol::fedlog::Published,
+    ) -> Result<(), Vec<String>> {
+        if snapshot_id(&p.content) != p.snapshot_id {
+            return Err(vec![
+                "the snapshot id is not the SHA-256 of its content".into(),
+            ]);
+        }
+        let rel = kos_config::federation::scope_file(scope);
+        let source = format!("federation snapshot {scope}@{}", &p.snapshot_id[..12]);
+        let tree = kos_config::federation::check_content(scope, &p.content, &source)
+            .map_err(|d| d.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let node = self.node.clone();
+        let content = format!(
+            "# Federation snapshot {}, scope `{scope}`, from op {}.\n# Written by kos; replaced by the next snapshot. Local files override it.\n{}",
+            p.snapshot_id, p.op, p.content
+        );
+        let scope_s = scope.to_string();
+        let _guard = node.change_lock.lock().await;
+        let n2 = node.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let loaded = n2
+                .dir
+                .load_with_federation(&n2.load_opts, &scope_s, tree)
+                .map_err(|d| d.errors().map(|e| e.to_string()).collect::<Vec<_>>())?;
+            let path = n2.dir.path(&rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| vec![format!("{rel}: {e}")])?;
+            }
+            kos_config::snapshot::atomic_write(&path, content.as_bytes(), None, &mut |_| {})
+                .map_err(|e| vec![format!("{rel}: cannot write: {e}")])?;
+            // Reload from disk, so what runs is exactly what a restart would load.
+            n2.dir
+                .load(&n2.load_opts)
+                .map_err(|d| d.errors().map(|e| e.to_string()).collect::<Vec<_>>())
+                .map(|l| (l, loaded))
+        })
+        .await
+        .map_err(|e| vec![format!("apply task failed: {e}")])??;
+        let (loaded, _) = loaded;
+        node.activate(loaded);
+        Ok(())
+    }
+
+    fn publish_view(&self, state: Option<&State>) {
+        let blocked: BTreeSet<NodeId> = self.core.peers.blocked.iter().map(|b| b.id).collect();
+        let view = match (state, &self.core.log) {
+            (Some(state), Some(log)) => FedView {
+                enabled: true,
+                admins: state.admins.iter().map(ToString::to_string).collect(),
+                threshold: state.threshold,
+                local_admin: self
+                    .core
+                    .admin_key
+                    .as_ref()
+                    .map(|k| NodeId::from_public_key(k.verifying_key()).to_string()),
+                approved: state
+                    .approved
+                    .iter()
+                    .map(|(id, a)| ApprovedView {
+                        id: id.to_string(),
+                        addrs: a.addrs.clone(),
+                        label: a.label.clone(),
+                        op: a.op.to_string(),
+                        blocked_locally: blocked.contains(id),
+                    })
+                    .collect(),
+                revoked: state
+                    .revoked
+                    .iter()
+                    .map(|(id, r)| RevokedView {
+                        id: id.to_string(),
+                        reason: r.reason.clone(),
+                        op: r.op.to_string(),
+                    })
+                    .collect(),
+                blocked: blocked.iter().map(ToString::to_string).collect(),
+                config: state
+                    .config
+                    .iter()
+                    .map(|(scope, p)| {
+                        let own = self.own.get(scope).filter(|o| o.0 == p.op);
+                        ScopeView {
+                            scope: scope.clone(),
+                            snapshot_id: p.snapshot_id.clone(),
+                            op: p.op.to_string(),
+                            status: own.map_or(StatusKind::Pending, |o| o.1),
+                            errors: own.map(|o| o.2.clone()).unwrap_or_default(),
+                        }
+                    })
+                    .collect(),
+                ops: log.len(),
+                heads: log.heads().iter().map(ToString::to_string).collect(),
+                pending: self.pending.len(),
+            },
+            _ => FedView {
+                blocked: blocked.iter().map(ToString::to_string).collect(),
+                local_admin: self
+                    .core
+                    .admin_key
+                    .as_ref()
+                    .map(|k| NodeId::from_public_key(k.verifying_key()).to_string()),
+                ..FedView::default()
+            },
+        };
+        self.parts.view.send_replace(Arc::new(view));
+    }
+
+    fn log_view(&self) -> Vec<OpView> {
+        let mut out: Vec<OpView> = match &self.core.log {
+            None => Vec::new(),
+            Some(log) => log.iter().map(|op| op_view(op, "valid".into())).collect(),
+        };
+        for r in &self.refused {
+            out.push(OpView {
+                hash: r.hash.map(|h| h.to_string()).unwrap_or_default(),
+                author: r.author.map(|a| a.to_string()).unwrap_or_default(),
+                seq: 0,
+                lamport: 0,
+                timestamp_ms: r.at_ms,
+                parents: Vec::new(),
+                signers: Vec::new(),
+                kind: "refused",
+                summary: r
+                    .from
+                    .map(|f| format!("from {f}"))
+                    .unwrap_or_else(|| "submitted here".into()),
+                validity: format!("refused: {}", r.reason),
+            });
+        }
+        out
+    }
+
+    fn status_view(&self) -> Vec<ScopeStatus> {
+        let Some(state) = &self.last_state else {
+            return Vec::new();
+        };
+        let me = self.klp.local_id();
+        let mut peers: BTreeSet<NodeId> = state.approved.keys().copied().collect();
+        peers.extend(self.core.peers.local.iter().map(|e| e.id));
+        peers.remove(&me);
+        state
+            .config
+            .iter()
+            .map(|(scope, p)| {
+                let theirs = self.statuses.get(&p.op);
+                let mut rows = vec![match self.own.get(scope).filter(|o| o.0 == p.op) {
+                    Some((_, st, errs)) => PeerStatus {
+                        peer: me.to_string(),
+                        this_node: true,
+                        status: *st,
+                        errors: errs.clone(),
+                        at_ms: None,
+                    },
+                    None => PeerStatus {
+                        peer: me.to_string(),
+                        this_node: true,
+                        status: StatusKind::Pending,
+                        errors: Vec::new(),
+                        at_ms: None,
+                    },
+                }];
+                for peer in &peers {
+                    let st = theirs.and_then(|m| m.get(peer));
+                    rows.push(PeerStatus {
+                        peer: peer.to_string(),
+                        this_node: false,
+                        status: st.map_or(StatusKind::Pending, |s| s.status),
+                        errors: st.map(|s| s.errors.clone()).unwrap_or_default(),
+                        at_ms: st.map(|s| s.at_ms),
+                    });
+                }
+                ScopeStatus {
+                    scope: scope.clone(),
+                    snapshot_id: p.snapshot_id.clone(),
+                    op: p.op.to_string(),
+                    peers: rows,
+                }
+            })
+            .collect()
+    }
+}
+
+fn kind(body: &OpBody) -> &'static str {
+    match body {
+        OpBody::ApprovePeer { .. } => "approve_peer",
+        OpBody::RevokePeer { .. } => "revoke_peer",
+        OpBody::AddAdmin { .. } => "add_admin",
+        OpBody::RemoveAdmin { .. } => "remove_admin",
+        OpBody::PublishConfig { .. } => "publish_config",
+    }
+}
+
+fn op_view(op: &Op, validity: String) -> OpView {
+    let u = &op.unsigned;
+    let summary = match &u.body {
+        OpBody::ApprovePeer { peer, addrs, label } => format!(
+            "approve {peer}{}{}",
+            label
+                .as_deref()
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default(),
+            if addrs.is_empty() {
+                String::new()
+            } else {
+                format!(" at {}", addrs.join(" "))
+            }
+        ),
+        OpBody::RevokePeer { peer, reason } => format!("revoke {peer}: {reason}"),
+        OpBody::AddAdmin { admin } => format!("add admin {admin}"),
+        OpBody::RemoveAdmin { admin } => format!("remove admin {admin}"),
+        OpBody::PublishConfig {
+            snapshot_id, scope, ..
+        } => format!(
+            "publish `{scope}` snapshot {}",
+            &snapshot_id[..snapshot_id.len().min(12)]
+        ),
+    };
+    OpView {
+        hash: op.hash().to_string(),
+        author: u.author.to_string(),
+        seq: u.seq,
+        lamport: u.lamport,
+        timestamp_ms: u.timestamp_ms,
+        parents: u.parents.iter().map(ToString::to_string).collect(),
+        signers: op.signatures.iter().map(|(s, _)| s.to_string()).collect(),
+        kind: kind(&u.body),
+        summary,
+        validity,
+    }
+}
+
+/// A stable metric label for a refusal.
+fn reason(e: &LogError) -> &'static str {
+    match e {
+        LogError::TooLarge { .. } => "too_large",
+        LogError::Malformed(_) => "malformed",
+        LogError::InvalidGenesis(_) => "invalid_genesis",
+        LogError::WrongSigningKey => "wrong_signing_key",
+        LogError::AlreadyKnown(_) => "already_known",
+        LogError::UnknownParents(_) => "unknown_parents",
+        LogError::BadLamport { .. } => "bad_lamport",
+        LogError::BadSignature { .. } => "bad_signature",
+        LogError::NotAdmin { .. } => "not_admin",
+        LogError::BelowThreshold { .. } => "below_threshold",
+        LogError::SeqGap { .. } => "seq_gap",
+        LogError::Equivocation { .. } => "equivocation",
+        LogError::WouldBreakAdminSet { .. } => "would_break_admin_set",
+    }
+}
+
+/// Decodes an unsigned draft (for the CLI, which signs it with key files).
+pub fn decode_draft(bytes: &[u8]) -> Result<UnsignedOp, LogError> {
+    UnsignedOp::decode(bytes)
+}
