@@ -1139,6 +1139,57 @@ fn routes() -> Vec<RouteCase> {
             Some("{}"),
             R(Role::Admin),
         ),
+        c(
+            Method::GET,
+            "/api/config/sources?path=api.listen",
+            None,
+            R(Role::Viewer),
+        ),
+        // Federation ops are admin-only (409 here: no KLP).
+        c(
+            Method::POST,
+            "/api/peers/12D3KooWNoSuchPeer/approve",
+            Some("{}"),
+            R(Role::Admin),
+        ),
+        c(
+            Method::POST,
+            "/api/peers/12D3KooWNoSuchPeer/revoke",
+            Some("{\"reason\": \"x\"}"),
+            R(Role::Admin),
+        ),
+        c(
+            Method::POST,
+            "/api/config/publish",
+            Some("{\"scope\": \"agents\", \"content\": \"agents: {}\"}"),
+            R(Role::Admin),
+        ),
+        c(
+            Method::POST,
+            "/api/config/publish/rollback",
+            Some("{\"scope\": \"agents\", \"snapshot_id\": \"x\"}"),
+            R(Role::Admin),
+        ),
+        c(Method::GET, "/api/federation", None, R(Role::Viewer)),
+        c(Method::GET, "/api/federation/log", None, R(Role::Viewer)),
+        c(
+            Method::POST,
+            "/api/federation/ops",
+            Some("{\"op\": \"\"}"),
+            R(Role::Admin),
+        ),
+        c(
+            Method::POST,
+            "/api/federation/draft",
+            Some("{}"),
+            R(Role::Admin),
+        ),
+        c(
+            Method::POST,
+            "/api/federation/admins",
+            Some("{}"),
+            R(Role::Admin),
+        ),
     ]
 }
 

@@ -440,3 +440,163 @@ fn validate_checks_peers_list_too() {
         Some(1)
     );
 }
+
+#[tokio::test]
+async fn federation_cli_signs_approvals_publishes_config_and_shows_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("node");
+    assert!(
+        kos(&home, &["init", "--profile", "federation_node"])
+            .status
+            .success()
+    );
+    let o = kos(&home, &["admin", "keygen"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let admin = stdout(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("admin id:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let again = kos(&home, &["admin", "keygen"]);
+    assert!(!again.status.success(), "a key is never overwritten");
+    let (api, p2p) = (free_port(), free_port());
+    std::fs::write(
+        home.join("system.env"),
+        format!("KOS_PROFILE=federation_node\nKOS_STORAGE__DATABASE=sqlite\nKOS_API__LISTEN=127.0.0.1:{api}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        home.join("klp/klp_settings.yaml"),
+        format!("enabled: true\nlisten: [/ip4/127.0.0.1/tcp/{p2p}]\npeer_discovery: none\nadmins: [\"{admin}\"]\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(KOS)
+        .args(["run", "--log-format", "json"])
+        .env("KOS_HOME", &home)
+        .env_remove("KOS_PROFILE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(&format!("http://127.0.0.1:{api}"), &mut child).await;
+
+    let friend = kos(&tmp.path().join("other"), &["init"]);
+    assert!(friend.status.success());
+    let friend = stdout(&friend)
+        .lines()
+        .find_map(|l| l.strip_prefix("node id: "))
+        .unwrap()
+        .to_string();
+    let o = kos(
+        &home,
+        &[
+            "peers",
+            "approve",
+            &friend,
+            "--addr",
+            "/ip4/127.0.0.1/tcp/9",
+            "--label",
+            "friend",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with(&format!("approved {friend} (op ")));
+    // The managed section of peers.list shows it.
+    let list = std::fs::read_to_string(home.join("klp/peers.list")).unwrap();
+    assert!(
+        list.contains(&format!("{friend} /ip4/127.0.0.1/tcp/9 # friend")),
+        "{list}"
+    );
+
+    let snap = tmp.path().join("agents.yaml");
+    std::fs::write(
+        &snap,
+        "agents:\n  translatorAgent:\n    max_concurrent_tasks: 6\n",
+    )
+    .unwrap();
+    let o = kos(
+        &home,
+        &[
+            "config",
+            "publish",
+            snap.to_str().unwrap(),
+            "--scope",
+            "agents",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("published `agents` snapshot"),
+        "{}",
+        stdout(&o)
+    );
+    std::fs::write(&snap, "agents: {}\napi:\n  listen: 0.0.0.0:1\n").unwrap();
+    let o = kos(
+        &home,
+        &[
+            "config",
+            "publish",
+            snap.to_str().unwrap(),
+            "--scope",
+            "agents",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("agents.yaml:2:1")
+            && stderr(&o).contains("outside the federation scope"),
+        "{}",
+        stderr(&o)
+    );
+
+    // An admin-set change signed from key files (here the node's own key).
+    let second = tmp.path().join("second.key");
+    let o = kos(
+        &home,
+        &["admin", "keygen", "--out", second.to_str().unwrap()],
+    );
+    let second_id = stdout(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("admin id:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let key = home.join("federation/admin.key");
+    let o = kos(
+        &home,
+        &[
+            "federation",
+            "admin",
+            "add",
+            &second_id,
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = kos(&home, &["federation", "log"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = stdout(&o);
+    for want in ["approve_peer", "publish_config", "add_admin", "[valid]"] {
+        assert!(log.contains(want), "{want}: {log}");
+    }
+    let o = kos(&home, &["federation", "status"]);
+    let st = stdout(&o);
+    assert!(st.contains(&format!("approved {friend}  friend")), "{st}");
+    assert!(st.contains(&second_id), "{st}");
+    assert!(st.contains("config   agents"), "{st}");
+    // Without --key the node signs with its own admin key (enough at threshold 1).
+    let o = kos(&home, &["federation", "admin", "remove", &second_id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let st = stdout(&kos(&home, &["federation", "status"]));
+    assert!(!st.contains(&second_id), "{st}");
+    // Removing the last admin is refused, with the reason.
+    let o = kos(&home, &["federation", "admin", "remove", &admin]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("below the threshold"), "{}", stderr(&o));
+
+    signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success());
+}

@@ -342,7 +342,14 @@ async fn restart_sections_are_reported_and_live_ones_take_effect() {
     assert_eq!(s["running_snapshot_id"], id0.as_str());
     assert_ne!(s["snapshot_id"], id0.as_str());
     // The default diff is running vs current: exactly what a restart would change.
-    let d = t.get_json("/api/config/diff").await;
+    let mut d = t.get_json("/api/config/diff").await;
+    // Each change says where the new value comes from (file:line:column).
+    let origin = d["changes"][0]["origin"].take();
+    assert!(
+        origin.as_str().unwrap().starts_with("profiles/"),
+        "{origin}"
+    );
+    d["changes"][0].as_object_mut().unwrap().remove("origin");
     assert_eq!(
         d["changes"],
         json!([{"path": "api.request_timeout", "op": "changed", "from": "30s", "to": "45s"}])
@@ -399,9 +406,10 @@ async fn history_diff_and_rollback() {
         1
     );
 
-    let d = t
+    let mut d = t
         .get_json(&format!("/api/config/diff?from={}&to=current", &id0[..12]))
         .await;
+    d["changes"][0].as_object_mut().unwrap().remove("origin");
     assert_eq!(
         d["changes"],
         json!([{"path": "logging.level", "op": "changed", "from": "info", "to": "error"}])
