@@ -198,12 +198,18 @@ async fn postgres_down_at_start_is_retried_until_it_comes_up() {
         .await
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!opener.is_finished(), "still retrying while the server is down");
+    assert!(
+        !opener.is_finished(),
+        "still retrying while the server is down"
+    );
     let pg = tokio::task::spawn_blocking(move || pg.start_again().map(|()| pg))
         .await
         .unwrap()
         .unwrap();
-    let db = opener.await.unwrap().expect("connects once the server is up");
+    let db = opener
+        .await
+        .unwrap()
+        .expect("connects once the server is up");
     assert!(t0.elapsed() >= Duration::from_secs(2));
     let id = db.append(&ev("after_wait", 1)).await.unwrap();
     assert_eq!(db.recent(1, None).await.unwrap()[0].id, id);
