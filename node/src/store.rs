@@ -300,12 +300,47 @@ impl Db {
         backoff: Backoff,
         cancel: &CancellationToken,
     ) -> Result<Self, StoreError> {
+        install_default_drivers();
         let target = describe_postgres_url(url);
         let mut delays = backoff.delays();
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            let source = match Self::open_postgres(url, max, min, connect_timeout).await {
+            let attempt = async {
+                // One plain connection first: the pool would only report "timed out", this
+                // gives the cause (connection refused, the server is starting up, ...).
+                let probe = tokio::time::timeout(
+                    connect_timeout,
+                    <sqlx::AnyConnection as sqlx::Connection>::connect(url),
+                )
+                .await;
+                match probe {
+                    Ok(Ok(conn)) => {
+                        let _ = sqlx::Connection::close(conn).await;
+                        Self::open_postgres(url, max, min, connect_timeout).await
+                    }
+                    Ok(Err(source)) => Err(StoreError::Connect {
+                        backend: "PostgreSQL",
+                        target: target.clone(),
+                        source,
+                    }),
+                    Err(_) => Err(StoreError::Connect {
+                        backend: "PostgreSQL",
+                        target: target.clone(),
+                        source: sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no connection within {connect_timeout:?}"),
+                        )),
+                    }),
+                }
+            };
+            let result = tokio::select! {
+                () = cancel.cancelled() => {
+                    return Err(StoreError::Cancelled { backend: "PostgreSQL", target });
+                }
+                r = attempt => r,
+            };
+            let source = match result {
                 Err(StoreError::Connect { source, .. }) if is_transient(&source) => source,
                 Ok(db) => {
                     if attempts > 1 {

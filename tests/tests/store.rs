@@ -147,6 +147,10 @@ async fn postgres_down_gives_up_with_an_error_naming_the_host_not_the_password()
     );
     assert!(text.contains(&format!("127.0.0.1:{port}/kos")), "{text}");
     assert!(!text.contains("pw-that-must-not-leak"), "{text}");
+    assert!(
+        text.contains("Connection refused"),
+        "the cause is named: {text}"
+    );
     assert!(waited >= Duration::from_millis(1200), "{waited:?}");
 
     // The node's shutdown stops the waiting at once.
