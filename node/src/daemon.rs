@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -70,7 +70,7 @@ impl NodeOptions {
 pub fn capabilities() -> kos_config::Capabilities {
     kos_config::Capabilities {
         postgres: cfg!(feature = "postgres"),
-        redis: false,
+        redis: cfg!(feature = "redis"),
         qdrant: false,
         embedded_vector: false,
         api_auth: true,
@@ -102,6 +102,12 @@ pub struct NodeState {
     log_reloader: Option<LogReloader>,
     /// Serializes config changes made through this node.
     pub change_lock: Mutex<()>,
+    /// Node events, published after they are recorded (`messaging.bus`).
+    pub bus: Arc<dyn crate::bus::EventBus>,
+    /// Best-effort cache (`storage.cache`).
+    pub cache: crate::cache::Cache,
+    /// Changes whenever an event is recorded: cache keys of event reads include it.
+    events_generation: AtomicU64,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -120,6 +126,12 @@ impl NodeState {
 
     pub fn config(&self) -> Arc<Loaded> {
         self.current.borrow().clone()
+    }
+
+    /// Starts random per process (cache entries of an earlier run never match) and moves on
+    /// every recorded event.
+    pub fn events_generation(&self) -> u64 {
+        self.events_generation.load(Ordering::SeqCst)
     }
 
     /// Top-level sections whose running value differs from the current configuration and
@@ -145,7 +157,8 @@ impl NodeState {
         self.current.send_replace(Arc::new(loaded));
     }
 
-    /// Records a node event; a database failure is logged, not fatal.
+    /// Records a node event, then publishes it on the bus; a database failure is logged, not
+    /// fatal (and nothing is published: the bus never carries what the log does not have).
     pub async fn record(
         &self,
         kind: &str,
@@ -159,8 +172,15 @@ impl NodeState {
             snapshot_id: snapshot_id.map(str::to_string),
             detail,
         };
-        if let Err(err) = self.db.append(&e).await {
-            error!(error = %err, kind, "cannot record node event");
+        match self.db.append(&e).await {
+            Ok(id) => {
+                self.events_generation.fetch_add(1, Ordering::SeqCst);
+                let ev = crate::bus::BusEvent::recorded(&self.identity.id().to_string(), id, &e);
+                if let Err(err) = self.bus.publish(ev) {
+                    warn!(error = %err, kind, id, "node event not published on the bus (it is in the event log)");
+                }
+            }
+            Err(err) => error!(error = %err, kind, "cannot record node event"),
         }
     }
 
@@ -253,6 +273,15 @@ pub fn ensure_home(dir: &std::path::Path) -> Result<bool> {
 
 /// Starts a node: validates, opens stores, binds the API, serves until the token is cancelled.
 pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
+    start_with_shutdown(opts, CancellationToken::new()).await
+}
+
+/// [`start`] with the node's shutdown token given by the caller, so that a shutdown during
+/// start-up (while waiting for the database) stops waiting.
+pub async fn start_with_shutdown(
+    opts: NodeOptions,
+    shutdown: CancellationToken,
+) -> Result<RunningNode> {
     install_crypto_provider();
     if opts.create_if_missing && ensure_home(&opts.dir)? {
         info!(dir = %opts.dir.display(), "created a standalone node configuration");
@@ -334,12 +363,17 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
         .database
         .or(cfg.database.type_)
         .unwrap_or_default();
-    let db = Db::open(&cfg.database, kind, dir.root())
-        .await
-        .context("opening the database")?;
+    let db = Db::connect(
+        &cfg.database,
+        kind,
+        dir.root(),
+        crate::backoff::Backoff::DATABASE_AT_START,
+        &shutdown,
+    )
+    .await
+    .context("opening the database")?;
 
     let metrics = Arc::new(Metrics::new());
-    let shutdown = CancellationToken::new();
     let mut fed_start = None;
     let klp = match approved {
         Some(_) => {
@@ -376,6 +410,14 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
         }
     };
     let addr = listener.local_addr()?;
+    let node_id = identity.id().to_string();
+    let bus = crate::bus::from_config(cfg, &node_id).context("starting the event bus")?;
+    let cache = crate::cache::Cache::from_config(cfg, &node_id).context("opening the cache")?;
+    info!(
+        bus = bus.kind(),
+        cache = cache.kind(),
+        "event bus and cache"
+    );
 
     metrics
         .info
@@ -414,6 +456,11 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
         ready: AtomicBool::new(false),
         log_reloader: opts.log_reloader.clone(),
         change_lock: Mutex::new(()),
+        bus,
+        cache,
+        events_generation: AtomicU64::new(
+            getrandom::u64().unwrap_or_else(|_| crate::store::now_ms() as u64),
+        ),
     });
     if state.db.get("first_started_ms").await?.is_none() {
         state
@@ -508,6 +555,7 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
             .db
             .put("last_clean_stop_ms", &crate::store::now_ms().to_string())
             .await;
+        st.bus.shutdown().await;
         st.db.close().await;
         info!("stopped");
         Ok(())
@@ -524,7 +572,31 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
 
 /// Runs a node until Ctrl-C or SIGTERM; SIGHUP reloads the configuration from disk.
 pub async fn run(opts: NodeOptions) -> Result<()> {
-    let node = start(opts).await?;
+    // Ctrl-C or SIGTERM during start-up (e.g. while waiting for PostgreSQL) stops it.
+    let early = CancellationToken::new();
+    let watcher = {
+        let t = early.clone();
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            if let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                info!("stop requested during start-up");
+                t.cancel();
+                return;
+            }
+            let _ = tokio::signal::ctrl_c().await;
+            info!("stop requested during start-up");
+            t.cancel();
+        })
+    };
+    let node = start_with_shutdown(opts, early).await;
+    watcher.abort();
+    let node = node?;
     let token = node.shutdown_token();
     let state = node.state.clone();
     #[cfg(unix)]

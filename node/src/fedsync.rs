@@ -1270,11 +1270,11 @@ impl Actor {
                 self.applied_peers = Some(peers);
             }
         }
-        if let Some(state) = &state
-            && self.last_state.as_ref() != Some(state)
-        {
-            self.record_changes(state).await;
-            // peers.list's managed section.
+        // The view first: what follows (files, events, config) takes longer.
+        self.publish_view(state.as_ref());
+        if let Some(state) = &state {
+            // peers.list's managed section: rewritten whenever it differs from the log
+            // (also after an operator's edit carried a stale copy of it).
             let dir = self.core.dir.clone();
             let managed = render_managed(state);
             match tokio::task::spawn_blocking(move || write_managed(&dir, &managed)).await {
@@ -1288,6 +1288,11 @@ impl Actor {
                 Ok(Err(e)) => warn!(error = %e, "cannot write peers.list"),
                 Err(e) => warn!(error = %e, "peers.list writer failed"),
             }
+        }
+        if let Some(state) = &state
+            && self.last_state.as_ref() != Some(state)
+        {
+            self.record_changes(state).await;
             // Configuration snapshots.
             for (scope, published) in &state.config {
                 if self.own.get(scope).map(|o| o.0) != Some(published.op) {

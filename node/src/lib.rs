@@ -9,6 +9,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod backoff;
+pub mod bus;
+pub mod cache;
 pub mod cli;
 pub mod daemon;
 pub mod federation;

@@ -4,16 +4,31 @@
 //! PostgreSQL (cargo feature `postgres`). The SQL in the repositories is portable (`$n`
 //! placeholders, `RETURNING`, `ON CONFLICT ... DO UPDATE`); only the migrations differ per
 //! backend (`migrations/sqlite`, `migrations/postgres`).
+//!
+//! Availability: a PostgreSQL that is not reachable at start is retried with exponential
+//! backoff ([`Db::connect`]); every attempt is logged with the server's host, never the
+//! password. While the node runs, the pool tests each connection before handing it out, so
+//! a restarted server is reconnected on the next query. A write returns `Ok` only after the
+//! database committed it; a write that meets a lost connection returns
+//! [`StoreError::Unavailable`] and is not retried (an insert that may have committed must not
+//! be repeated). Idempotent operations (reads, upserts, ping) are retried once on a lost
+//! connection.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use std::sync::Arc;
 
 use kos_config::model::{Database, DatabaseKind};
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor, Row};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 #[cfg(feature = "postgres")]
@@ -24,9 +39,36 @@ pub const SQLITE_FILE: &str = "kos.db";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the {backend} database: {source}")]
+    #[error("cannot open the {backend} database at {target}: {source}")]
     Connect {
         backend: &'static str,
+        /// Where (host, port, database, user; never the password).
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "cannot reach the {backend} database at {target}: gave up after {attempts} attempts over {waited:?}: {source}"
+    )]
+    GaveUp {
+        backend: &'static str,
+        target: String,
+        attempts: u32,
+        waited: Duration,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("start-up cancelled while waiting for the {backend} database at {target}")]
+    Cancelled {
+        backend: &'static str,
+        target: String,
+    },
+    /// The connection to the server was lost or cannot be made now; the operation did not
+    /// complete (a write may be retried by the caller once the server is back).
+    #[error("the {backend} database at {target} is unavailable: {source}")]
+    Unavailable {
+        backend: &'static str,
+        target: String,
         #[source]
         source: sqlx::Error,
     },
@@ -67,6 +109,8 @@ impl Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// Where the database is, for messages (no password).
+    target: Arc<str>,
 }
 
 /// A new event to record.
@@ -167,12 +211,72 @@ pub fn url_with_password(url: &str, password: &str) -> String {
     }
 }
 
+/// Whether an error means "the server is not reachable (now)" rather than "the request is
+/// wrong": I/O errors, pool timeouts, and PostgreSQL's connection-exception (08) and
+/// shutdown/start-up (57P0x) classes.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0")),
+        _ => false,
+    }
+}
+
+/// `host:port/database (user u)` of a PostgreSQL URL, for messages: never the password.
+pub fn describe_postgres_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or("localhost");
+            let port = u.port().unwrap_or(5432);
+            let db = u.path().trim_start_matches('/');
+            let mut s = format!("{host}:{port}");
+            if !db.is_empty() {
+                s.push('/');
+                s.push_str(db);
+            }
+            if !u.username().is_empty() {
+                s.push_str(&format!(" (user {})", u.username()));
+            }
+            s
+        }
+        Err(_) => "<unparsable URL>".into(),
+    }
+}
+
 impl Db {
-    /// Opens the database the configuration selects and runs migrations.
+    /// Opens the database the configuration selects and runs migrations, once: a server that
+    /// is not reachable is an error at once. The daemon uses [`Db::connect`].
     pub async fn open(
         cfg: &Database,
         kind: DatabaseKind,
         config_dir: &Path,
+    ) -> Result<Self, StoreError> {
+        Self::connect(
+            cfg,
+            kind,
+            config_dir,
+            Backoff {
+                initial: Duration::ZERO,
+                max: Duration::ZERO,
+                give_up_after: Some(Duration::ZERO),
+            },
+            &CancellationToken::new(),
+        )
+        .await
+    }
+
+    /// Opens the database the configuration selects and runs migrations. A PostgreSQL server
+    /// that cannot be reached (connection refused, timeout, starting up) is retried on the
+    /// `backoff` schedule, each attempt logged; `cancel` (the node's shutdown) stops waiting.
+    /// Other errors (authentication, a bad URL, a failed migration) are returned at once.
+    pub async fn connect(
+        cfg: &Database,
+        kind: DatabaseKind,
+        config_dir: &Path,
+        backoff: Backoff,
+        cancel: &CancellationToken,
     ) -> Result<Self, StoreError> {
         match kind {
             DatabaseKind::Sqlite => {
@@ -189,13 +293,100 @@ impl Db {
                     Some(p) => url_with_password(&url, p.expose()),
                     None => url,
                 };
-                Self::open_postgres(
+                Self::connect_postgres(
                     &url,
                     cfg.max_connections,
                     cfg.min_connections,
                     cfg.connect_timeout.get(),
+                    backoff,
+                    cancel,
                 )
                 .await
+            }
+        }
+    }
+
+    /// [`Db::open_postgres`] retried on `backoff` while the server is unreachable.
+    pub async fn connect_postgres(
+        url: &str,
+        max: u32,
+        min: u32,
+        connect_timeout: Duration,
+        backoff: Backoff,
+        cancel: &CancellationToken,
+    ) -> Result<Self, StoreError> {
+        install_default_drivers();
+        let target = describe_postgres_url(url);
+        let mut delays = backoff.delays();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let attempt = async {
+                // One plain connection first: the pool would only report "timed out", this
+                // gives the cause (connection refused, the server is starting up, ...).
+                let probe = tokio::time::timeout(
+                    connect_timeout,
+                    <sqlx::AnyConnection as sqlx::Connection>::connect(url),
+                )
+                .await;
+                match probe {
+                    Ok(Ok(conn)) => {
+                        let _ = sqlx::Connection::close(conn).await;
+                        Self::open_postgres(url, max, min, connect_timeout).await
+                    }
+                    Ok(Err(source)) => Err(StoreError::Connect {
+                        backend: "PostgreSQL",
+                        target: target.clone(),
+                        source,
+                    }),
+                    Err(_) => Err(StoreError::Connect {
+                        backend: "PostgreSQL",
+                        target: target.clone(),
+                        source: sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no connection within {connect_timeout:?}"),
+                        )),
+                    }),
+                }
+            };
+            let result = tokio::select! {
+                () = cancel.cancelled() => {
+                    return Err(StoreError::Cancelled { backend: "PostgreSQL", target });
+                }
+                r = attempt => r,
+            };
+            let source = match result {
+                Err(StoreError::Connect { source, .. }) if is_transient(&source) => source,
+                Ok(db) => {
+                    if attempts > 1 {
+                        info!(%target, attempts, "PostgreSQL reached");
+                    }
+                    return Ok(db);
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(wait) = delays.next() else {
+                if attempts == 1 {
+                    return Err(StoreError::Connect {
+                        backend: "PostgreSQL",
+                        target,
+                        source,
+                    });
+                }
+                return Err(StoreError::GaveUp {
+                    backend: "PostgreSQL",
+                    target,
+                    attempts,
+                    waited: delays.waited(),
+                    source,
+                });
+            };
+            warn!(%target, attempt = attempts, retry_in = ?wait, error = %source, "PostgreSQL is not reachable; retrying");
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    return Err(StoreError::Cancelled { backend: "PostgreSQL", target });
+                }
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }
@@ -215,11 +406,16 @@ impl Db {
             })
             .connect(&url)
             .await
-            .map_err(|source| StoreError::Connect { backend: "SQLite", source })?;
+            .map_err(|source| StoreError::Connect {
+                backend: "SQLite",
+                target: path.display().to_string(),
+                source,
+            })?;
         SQLITE_MIGRATIONS.run(&pool).await?;
         Ok(Self {
             pool,
             backend: Backend::Sqlite,
+            target: path.display().to_string().into(),
         })
     }
 
@@ -231,20 +427,27 @@ impl Db {
         connect_timeout: Duration,
     ) -> Result<Self, StoreError> {
         install_default_drivers();
+        let target = describe_postgres_url(url);
+        // Pool settings come from the profile (`database.max_connections`,
+        // `min_connections`, `connect_timeout`). Every connection is tested before use, so
+        // connections broken by a server restart are replaced instead of failing a query.
         let pool = AnyPoolOptions::new()
             .max_connections(max.max(1))
-            .min_connections(min)
+            .min_connections(min.min(max.max(1)))
             .acquire_timeout(connect_timeout)
+            .test_before_acquire(true)
             .connect(url)
             .await
             .map_err(|source| StoreError::Connect {
                 backend: "PostgreSQL",
+                target: target.clone(),
                 source,
             })?;
         POSTGRES_MIGRATIONS.run(&pool).await?;
         Ok(Self {
             pool,
             backend: Backend::Postgres,
+            target: target.into(),
         })
     }
 
@@ -257,9 +460,48 @@ impl Db {
         self.backend
     }
 
+    fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        }
+    }
+
+    /// Classifies a query error: a lost or unreachable server is `Unavailable` (naming the
+    /// server), anything else a failed query.
+    fn query_err(&self, e: sqlx::Error) -> StoreError {
+        if is_transient(&e) {
+            StoreError::Unavailable {
+                backend: self.backend_name(),
+                target: self.target.to_string(),
+                source: e,
+            }
+        } else {
+            StoreError::Query(e)
+        }
+    }
+
+    /// Runs an idempotent operation, once more after a short pause if the first attempt met
+    /// a lost connection (the pool then hands out a fresh one).
+    async fn idempotent<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        match op().await {
+            Err(e) if is_transient(&e) => {
+                warn!(target = %self.target, error = %e, "database connection lost; retrying an idempotent operation once");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                op().await.map_err(|e| self.query_err(e))
+            }
+            r => r.map_err(|e| self.query_err(e)),
+        }
+    }
+
     /// Checks the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        self.idempotent(|| sqlx::query("SELECT 1").execute(&self.pool))
+            .await?;
         Ok(())
     }
 
@@ -279,18 +521,22 @@ impl EventLog for Db {
         .bind(e.snapshot_id.as_deref())
         .bind(e.detail.to_string())
         .fetch_one(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.query_err(e))?;
         Ok(row.try_get::<i64, _>(0)?)
     }
 
     async fn recent(&self, limit: u32, before: Option<i64>) -> Result<Vec<Event>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, at_ms, kind, actor, snapshot_id, detail FROM node_events WHERE id < $1 ORDER BY id DESC LIMIT $2",
-        )
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self
+            .idempotent(|| {
+                sqlx::query(
+                    "SELECT id, at_ms, kind, actor, snapshot_id, detail FROM node_events WHERE id < $1 ORDER BY id DESC LIMIT $2",
+                )
+                .bind(before.unwrap_or(i64::MAX))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+            })
+            .await?;
         rows.into_iter()
             .map(|r| {
                 let detail: String = r.try_get(5)?;
@@ -343,9 +589,12 @@ impl OpStore for Db {
 
 impl Meta for Db {
     async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT value FROM node_meta WHERE key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
+        let row = self
+            .idempotent(|| {
+                sqlx::query("SELECT value FROM node_meta WHERE key = $1")
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+            })
             .await?;
         Ok(match row {
             Some(r) => Some(r.try_get(0)?),
@@ -354,14 +603,18 @@ impl Meta for Db {
     }
 
     async fn put(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO node_meta (key, value, updated_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
-        )
-        .bind(key)
-        .bind(value)
-        .bind(now_ms())
-        .execute(&self.pool)
+        // An upsert of one value: repeating it is harmless.
+        let at = now_ms();
+        self.idempotent(|| {
+            sqlx::query(
+                "INSERT INTO node_meta (key, value, updated_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
+            )
+            .bind(key)
+            .bind(value)
+            .bind(at)
+            .execute(&self.pool)
+        })
         .await?;
         Ok(())
     }
@@ -381,6 +634,15 @@ mod tests {
             url_with_password("postgres://db/kos", "x"),
             "postgres://:x@db/kos"
         );
+    }
+
+    #[test]
+    fn postgres_targets_never_show_the_password() {
+        let url = url_with_password("postgres://kos@db.example:6543/kosdb", "hunter2-secret");
+        let d = describe_postgres_url(&url);
+        assert_eq!(d, "db.example:6543/kosdb (user kos)");
+        assert!(!d.contains("hunter2"));
+        assert_eq!(describe_postgres_url("postgres://db/kos"), "db:5432/kos");
     }
 
     #[test]

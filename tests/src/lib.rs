@@ -1,7 +1,11 @@
 //! Support for kOS node's multi-node and end-to-end tests.
 //!
 //! - [`Postgres`]: a throwaway PostgreSQL server on a free loopback port, started from the
-//!   local binaries (`/usr/lib/postgresql/15/bin`, or `KOS_TEST_PG_BIN`), removed on drop.
+//!   local binaries (`/usr/lib/postgresql/15/bin`, or `KOS_TEST_PG_BIN`), removed on drop;
+//!   `stop()`/`start_again()` restart it on the same data directory and port.
+//! - [`Redis`]: a throwaway `redis-server` (no persistence) on a free loopback port, with a
+//!   password; `stop()`/`start_again()` restart it on the same port (empty, as Redis without
+//!   persistence comes back).
 //! - [`require`]: the rule for services a test needs: in CI (`CI=true`) a missing service is a
 //!   failure; elsewhere the test prints that it did not run, by name, and returns.
 
@@ -55,10 +59,30 @@ fn is_root() -> bool {
 #[derive(Debug)]
 pub struct Postgres {
     _dir: tempfile::TempDir,
-    child: Child,
+    child: Option<Child>,
+    bin: PathBuf,
+    data: String,
+    sock: String,
+    as_user: Vec<String>,
     pub port: u16,
     /// `postgres://kos@127.0.0.1:<port>/kos` (trust authentication on loopback).
     pub url: String,
+}
+
+/// Stops a child server with `signal` and waits for it (killing it after 10 s).
+fn stop_child(child: &mut Child, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Postgres {
@@ -122,49 +146,17 @@ impl Postgres {
         let port = free_port()?;
         let port_s = port.to_string();
         let sock = dir.path().to_string_lossy().into_owned();
-        let child = run(
-            &bin.join("postgres"),
-            &[
-                "-D",
-                &data_s,
-                "-p",
-                &port_s,
-                "-k",
-                &sock,
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=50",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting postgres")?;
         let mut pg = Postgres {
             _dir: dir,
-            child,
+            child: None,
+            bin: bin.clone(),
+            data: data_s,
+            sock,
+            as_user,
             port,
             url: format!("postgres://kos@127.0.0.1:{port}/postgres"),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = Command::new(bin.join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &port_s, "-q"])
-                .status();
-            if ready.is_ok_and(|s| s.success()) {
-                break;
-            }
-            if let Ok(Some(status)) = pg.child.try_wait() {
-                bail!("postgres exited at start: {status}");
-            }
-            if Instant::now() > deadline {
-                bail!("postgres did not become ready within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        pg.start_again()?;
         let created = Command::new(bin.join("createdb"))
             .args(["-h", "127.0.0.1", "-p", &port_s, "-U", "kos", "kos"])
             .status()?;
@@ -174,22 +166,176 @@ impl Postgres {
         pg.url = format!("postgres://kos@127.0.0.1:{port}/kos");
         Ok(pg)
     }
+
+    /// Stops the server ("fast" shutdown: clients are disconnected, open transactions roll
+    /// back, committed data is kept). The data directory and port stay.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM: smart shutdown would wait for clients; SIGINT is "fast" shutdown.
+            stop_child(&mut c, "-INT");
+        }
+    }
+
+    /// Starts the server on its data directory and port (again, after [`Postgres::stop`])
+    /// and waits until it accepts connections.
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let port_s = self.port.to_string();
+        let program = self.bin.join("postgres");
+        let args = [
+            "-D",
+            &self.data,
+            "-p",
+            &port_s,
+            "-k",
+            &self.sock,
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=50",
+        ];
+        let mut c = if self.as_user.is_empty() {
+            Command::new(&program)
+        } else {
+            let mut c = Command::new(&self.as_user[0]);
+            c.args(&self.as_user[1..]).arg(&program);
+            c
+        };
+        let child = c
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting postgres")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port_s, "-q"])
+                .status();
+            if ready.is_ok_and(|s| s.success()) {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                bail!("postgres exited at start: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("postgres did not become ready within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        // SIGTERM: smart shutdown would wait for clients; SIGINT is "fast" shutdown.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        self.stop();
+    }
+}
+
+/// A throwaway Redis server: no persistence, a password, loopback only.
+#[derive(Debug)]
+pub struct Redis {
+    child: Option<Child>,
+    bin: PathBuf,
+    pub port: u16,
+    pub password: String,
+    /// `redis://127.0.0.1:<port>/0`, without the password.
+    pub url: String,
+}
+
+impl Redis {
+    pub fn start() -> Result<Self> {
+        let bin = std::env::var_os("KOS_TEST_REDIS_SERVER")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("PATH").and_then(|p| {
+                    std::env::split_paths(&p)
+                        .map(|d| d.join("redis-server"))
+                        .find(|f| f.is_file())
+                })
+            })
+            .context("redis-server not found on PATH (apt-get install redis-server)")?;
+        let port = free_port()?;
+        let mut r = Redis {
+            child: None,
+            bin,
+            port,
+            password: format!("test-pw-{port}"),
+            url: format!("redis://127.0.0.1:{port}/0"),
+        };
+        r.start_again()?;
+        Ok(r)
+    }
+
+    /// The URL with the password, for clients outside the node.
+    pub fn url_with_password(&self) -> String {
+        format!("redis://:{}@127.0.0.1:{}/0", self.password, self.port)
+    }
+
+    /// Stops the server (its data is gone: no persistence). The port stays reserved in name
+    /// only: a restart reuses it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c, "-TERM");
+        }
+    }
+
+    /// Starts the server on its port (again, after [`Redis::stop`]) and waits until it
+    /// answers.
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let port_s = self.port.to_string();
+        let child = Command::new(&self.bin)
+            .args([
+                "--port",
+                &port_s,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                &self.password,
+                "--dir",
+                &std::env::temp_dir().to_string_lossy(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                bail!("redis-server exited at start: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server did not accept connections within 20 s");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -278,7 +278,7 @@ async fn approval_reaches_five_nodes_a_new_node_joins_and_revocation_cuts_it_off
     with_x.sort();
     for n in &nodes {
         wait_until("approval everywhere", async || {
-            ids(&n.fed().await, "approved") == with_x
+            ids(&n.fed().await, "approved") == with_x && n.peers_list().contains(&x_id)
         })
         .await;
         let text = n.peers_list();
@@ -300,7 +300,10 @@ async fn approval_reaches_five_nodes_a_new_node_joins_and_revocation_cuts_it_off
         })
         .await;
     }
-    assert_eq!(ids(&x.fed().await, "approved"), with_x);
+    wait_until("newcomer has the log", async || {
+        ids(&x.fed().await, "approved") == with_x
+    })
+    .await;
 
     // Revocation: every node disconnects it.
     let (status, body) = nodes[3]
@@ -330,10 +333,11 @@ async fn approval_reaches_five_nodes_a_new_node_joins_and_revocation_cuts_it_off
                 && !n.admitted().await.contains(&x_id)
         })
         .await;
-        assert!(
+        wait_until("revocation in peers.list", async || {
             n.peers_list()
                 .contains(&format!("# revoked {x_id}: left the federation"))
-        );
+        })
+        .await;
     }
     // The log says who did what.
     let log = nodes[2].get("/api/federation/log").await;

@@ -97,3 +97,216 @@ async fn postgres_repositories() {
     assert_eq!(db.recent(100, None).await.unwrap().len(), 6);
     db.close().await;
 }
+
+// --- Availability: PostgreSQL down at start, and restarted while in use. ---
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use kos_config::Secret;
+use kos_config::model::{Database, DatabaseKind};
+use kos_node::backoff::Backoff;
+use kos_node::store::StoreError;
+use tokio_util::sync::CancellationToken;
+
+fn quick_backoff(total: Duration) -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_millis(500),
+        give_up_after: Some(total),
+    }
+}
+
+#[tokio::test]
+async fn postgres_down_gives_up_with_an_error_naming_the_host_not_the_password() {
+    // Nothing listens on this port: no server is needed to test the failure path.
+    let port = kos_tests::free_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Database {
+        url: Some(format!("postgres://kos@127.0.0.1:{port}/kos")),
+        password: Some(Secret::new("pw-that-must-not-leak")),
+        connect_timeout: kos_config::model::Duration(Duration::from_secs(1)),
+        ..Database::default()
+    };
+    let t0 = Instant::now();
+    let err = Db::connect(
+        &cfg,
+        DatabaseKind::Postgresql,
+        dir.path(),
+        quick_backoff(Duration::from_millis(1200)),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    let waited = t0.elapsed();
+    let text = format!("{err} / {err:?}");
+    assert!(
+        matches!(err, StoreError::GaveUp { attempts, .. } if attempts >= 4),
+        "{text}"
+    );
+    assert!(text.contains(&format!("127.0.0.1:{port}/kos")), "{text}");
+    assert!(!text.contains("pw-that-must-not-leak"), "{text}");
+    assert!(
+        text.contains("Connection refused"),
+        "the cause is named: {text}"
+    );
+    assert!(waited >= Duration::from_millis(1200), "{waited:?}");
+
+    // The node's shutdown stops the waiting at once.
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.cancel();
+    });
+    let t0 = Instant::now();
+    let err = Db::connect(
+        &cfg,
+        DatabaseKind::Postgresql,
+        dir.path(),
+        quick_backoff(Duration::from_secs(60)),
+        &cancel,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::Cancelled { .. }), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn postgres_down_at_start_is_retried_until_it_comes_up() {
+    let Some(mut pg) = require(
+        "postgres_down_at_start_is_retried_until_it_comes_up",
+        tokio::task::spawn_blocking(Postgres::start).await.unwrap(),
+    ) else {
+        return;
+    };
+    let mut pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+    let url = pg.url.clone();
+    let t0 = Instant::now();
+    let opener = tokio::spawn(async move {
+        Db::connect_postgres(
+            &url,
+            4,
+            1,
+            Duration::from_secs(2),
+            quick_backoff(Duration::from_secs(30)),
+            &CancellationToken::new(),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !opener.is_finished(),
+        "still retrying while the server is down"
+    );
+    let pg = tokio::task::spawn_blocking(move || pg.start_again().map(|()| pg))
+        .await
+        .unwrap()
+        .unwrap();
+    let db = opener
+        .await
+        .unwrap()
+        .expect("connects once the server is up");
+    assert!(t0.elapsed() >= Duration::from_secs(2));
+    let id = db.append(&ev("after_wait", 1)).await.unwrap();
+    assert_eq!(db.recent(1, None).await.unwrap()[0].id, id);
+    db.close().await;
+    drop(pg);
+}
+
+#[tokio::test]
+async fn postgres_restart_loses_no_acknowledged_write() {
+    let Some(pg) = require(
+        "postgres_restart_loses_no_acknowledged_write",
+        tokio::task::spawn_blocking(Postgres::start).await.unwrap(),
+    ) else {
+        return;
+    };
+    let db = Db::open_postgres(&pg.url, 4, 2, Duration::from_secs(1))
+        .await
+        .unwrap();
+    // Phases: 0 before the stop, 1 from the stop until the server is back, 2 after.
+    let phase = Arc::new(AtomicU32::new(0));
+    let writer = {
+        let (db, phase) = (db.clone(), phase.clone());
+        tokio::spawn(async move {
+            let mut acked: Vec<(i64, i64, u32)> = Vec::new();
+            let mut errors: Vec<(StoreError, u32)> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(90);
+            for n in 0.. {
+                let p = phase.load(Ordering::SeqCst);
+                match db.append(&ev("w", n)).await {
+                    Ok(id) => acked.push((n, id, p)),
+                    Err(e) => errors.push((e, p)),
+                }
+                let after = acked.iter().filter(|a| a.2 == 2).count();
+                if after >= 20 || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (acked, errors)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    phase.store(1, Ordering::SeqCst);
+    let mut pg = tokio::task::spawn_blocking(move || {
+        let mut pg = pg;
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pg = tokio::task::spawn_blocking(move || pg.start_again().map(|()| pg))
+        .await
+        .unwrap()
+        .unwrap();
+    phase.store(2, Ordering::SeqCst);
+    let (acked, errors) = writer.await.unwrap();
+    eprintln!(
+        "acknowledged writes: {} before the stop, {} while stopping, {} after the restart; {} errors",
+        acked.iter().filter(|a| a.2 == 0).count(),
+        acked.iter().filter(|a| a.2 == 1).count(),
+        acked.iter().filter(|a| a.2 == 2).count(),
+        errors.len()
+    );
+
+    assert!(acked.iter().any(|a| a.2 == 0), "writes before the stop");
+    assert!(
+        acked.iter().filter(|a| a.2 == 2).count() >= 20,
+        "writes succeed again after the restart: {} errors, last: {:?}",
+        errors.len(),
+        errors.last().map(|e| e.0.to_string())
+    );
+    assert!(!errors.is_empty(), "writes during the outage fail");
+    let target = format!("127.0.0.1:{}/kos", pg.port);
+    for (e, _) in &errors {
+        assert!(
+            matches!(e, StoreError::Unavailable { .. }),
+            "a lost server is reported as unavailable: {e:?}"
+        );
+        assert!(e.to_string().contains(&target), "{e}");
+    }
+    // Every acknowledged write is there, with its content, after the restart.
+    let all = db.recent(100_000, None).await.unwrap();
+    let stored: std::collections::HashMap<i64, &kos_node::store::Event> =
+        all.iter().map(|e| (e.id, e)).collect();
+    for (n, id, _) in &acked {
+        let e = stored
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged write {n} (id {id}) lost"));
+        assert_eq!(e.detail["n"], *n);
+    }
+    // Idempotent operations work on the first call after the restart too.
+    db.put("after", "restart").await.unwrap();
+    assert_eq!(db.get("after").await.unwrap().as_deref(), Some("restart"));
+    db.close().await;
+}

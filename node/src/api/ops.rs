@@ -57,6 +57,17 @@ pub async fn events(
     QueryParams(q): QueryParams<EventsQuery>,
 ) -> Result<Response, Problem> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    // Cached under the current event generation: a recorded event changes the key, so a
+    // cached page is never older than the last event (the TTL bounds writes that bypass
+    // `NodeState::record`).
+    let key = format!(
+        "events:{:x}:{limit}:{}",
+        state.events_generation(),
+        q.before.map_or_else(String::new, |b| b.to_string())
+    );
+    if let Some(body) = state.cache.get(&key).await {
+        return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+    }
     let events = state
         .db
         .recent(limit, q.before)
@@ -67,8 +78,13 @@ pub async fn events(
     } else {
         None
     };
-    Ok(super::json(
-        StatusCode::OK,
-        json!({"events": events, "next_before": next}),
-    ))
+    let body = json!({"events": events, "next_before": next}).to_string();
+    state
+        .cache
+        .set(&key, body.as_bytes(), EVENTS_CACHE_TTL)
+        .await;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
+
+/// How long a page of events stays cached at most.
+const EVENTS_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
