@@ -18,3 +18,4 @@ pub mod metrics;
 pub mod store;
 pub mod telemetry;
 pub mod testnet;
+pub mod testnet_docker;
