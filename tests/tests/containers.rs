@@ -152,7 +152,10 @@ fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<
             eprintln!("{what}: after {:.1?}", start.elapsed());
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -214,8 +217,7 @@ impl Project {
 
     fn health(&self, service: &str) -> Option<String> {
         let id = self.container(service).ok()?;
-        run_ok(Command::new("docker").args(["inspect", "-f", "{{.State.Health.Status}}", &id]))
-            .ok()
+        run_ok(Command::new("docker").args(["inspect", "-f", "{{.State.Health.Status}}", &id])).ok()
     }
 
     fn wait_healthy(&self, service: &str, timeout: Duration) {
@@ -245,10 +247,10 @@ impl Project {
 
 impl Drop for Project {
     fn drop(&mut self) {
-        match run(
-            self.cmd()
-                .args(["down", "-v", "--remove-orphans", "-t", "15"]),
-        ) {
+        match run(self
+            .cmd()
+            .args(["down", "-v", "--remove-orphans", "-t", "15"]))
+        {
             Ok(o) if o.status.success() => {}
             Ok(o) => eprintln!(
                 "{}: down -v failed: {}",
@@ -369,7 +371,15 @@ fn compose_community_node() {
     );
     assert_eq!(
         project
-            .run(&["exec", "-T", "redis", "redis-cli", "-h", "127.0.0.1", "ping"])
+            .run(&[
+                "exec",
+                "-T",
+                "redis",
+                "redis-cli",
+                "-h",
+                "127.0.0.1",
+                "ping"
+            ])
             .expect("redis-cli"),
         "PONG"
     );
@@ -467,19 +477,18 @@ fn docker_testnet_three_nodes() {
         .nodes
         .iter()
         .map(|x| {
-            testnet_docker::token(&x.container, "viewer", Duration::from_secs(3600))
-                .expect("token")
+            testnet_docker::token(&x.container, "viewer", Duration::from_secs(3600)).expect("token")
         })
         .collect();
     let connected = |i: usize| testnet_docker::admitted(&state.nodes[i].container, &tokens[i]);
     let id = |i: usize| state.nodes[i].peer_id.clone();
     let sees = |i: usize, j: usize| connected(i).is_some_and(|a| a.contains(&id(j)));
-    let all_converged = || {
-        (0..3).all(|i| (0..3).filter(|&j| j != i).all(|j| sees(i, j)))
-    };
+    let all_converged = || (0..3).all(|i| (0..3).filter(|&j| j != i).all(|j| sees(i, j)));
     let long = Duration::from_secs(180);
 
-    wait_for("3 nodes admit each other", long, || all_converged().then_some(()));
+    wait_for("3 nodes admit each other", long, || {
+        all_converged().then_some(())
+    });
 
     // A stopped node: the others see it disconnected.
     let (c3, c2) = (
@@ -494,19 +503,26 @@ fn docker_testnet_three_nodes() {
     });
     // ... and its entry says so.
     let addr = testnet_docker::api_addr(&state.nodes[0].container).expect("api");
-    let (status, peers) =
-        http_get(&addr.to_string(), &format!("/api/peers/{}", id(2)), Some(&tokens[0]))
-            .expect("peer");
+    let (status, peers) = http_get(
+        &addr.to_string(),
+        &format!("/api/peers/{}", id(2)),
+        Some(&tokens[0]),
+    )
+    .expect("peer");
     assert_eq!(status, 200, "{peers}");
     assert_eq!(peers["connected"], false, "{peers}");
 
     // Started again: it rejoins, with the same identity.
     docker_ok(&["start", &c3]);
     wait_for("node-3 rejoins", long, || all_converged().then_some(()));
-    let after = run_ok(Command::new("docker").args(["exec", &c3, "kos", "id", "--json"]))
-        .expect("kos id");
+    let after =
+        run_ok(Command::new("docker").args(["exec", &c3, "kos", "id", "--json"])).expect("kos id");
     let v: serde_json::Value = serde_json::from_str(&after).expect("json");
-    assert_eq!(v["peer_id"], id(2).as_str(), "same identity after a restart");
+    assert_eq!(
+        v["peer_id"],
+        id(2).as_str(),
+        "same identity after a restart"
+    );
 
     // Cut node-2 from the network: the others see it gone.
     docker_ok(&["network", "disconnect", &state.network, &c2]);
