@@ -930,6 +930,17 @@ impl EventLoop {
                 p.rtt = Some(rtt);
                 p.last_seen_ms = Some(now_ms());
             }
+            // libp2p's ping no longer closes a connection whose pings fail. A peer behind a
+            // cut link (cable, container network) would otherwise stay "connected" until
+            // TCP gives up, many minutes later: close it, and the redial takes over.
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error),
+            }) if !matches!(error, ping::Failure::Unsupported) => {
+                debug!(peer = %peer, %error, "ping failed: closing the connection");
+                self.swarm.close_connection(connection);
+            }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let admitted = self
                     .peers

@@ -59,6 +59,24 @@ enum Command {
     /// testnet directory here [default: ./kos-testnet].
     #[command(subcommand)]
     Testnet(TestnetCommand),
+    /// Ask a node's `/readyz` (container health checks). Exit 0 when it answers 200, 1 when
+    /// it is not ready or does not answer.
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+struct HealthArgs {
+    /// URL to ask [default: /readyz on this node's api.listen, a wildcard address asked
+    /// on loopback, https when api.tls is set]
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Give up after this long.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    timeout: std::time::Duration,
+    /// Do not verify the server's TLS certificate (a self-signed node certificate; the probe
+    /// sends no credentials).
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +195,13 @@ enum TestnetCommand {
         /// How long to wait for full admission.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: std::time::Duration,
+        /// Run each node in a container on a private Docker network instead of as a local
+        /// process (needs the node image: deploy/local-images.sh or `docker build`).
+        #[arg(long)]
+        docker: bool,
+        /// The node image for --docker.
+        #[arg(long, default_value = "kos-node:latest", requires = "docker")]
+        image: String,
     },
     /// Show each node of the testnet and how many peers it admitted.
     Status,
@@ -338,13 +363,32 @@ pub fn main() -> ExitCode {
             rollback,
             force,
         }) => exit(config_publish(&dir, file, &scope, rollback, force)),
-        Command::Testnet(TestnetCommand::Up { nodes, timeout }) => {
-            exit(crate::testnet::up(&testnet_dir, nodes, timeout))
-        }
-        Command::Testnet(TestnetCommand::Status) => exit(crate::testnet::status(&testnet_dir)),
-        Command::Testnet(TestnetCommand::Down { clean }) => {
-            exit(crate::testnet::down(&testnet_dir, clean))
-        }
+        Command::Testnet(TestnetCommand::Up {
+            nodes,
+            timeout,
+            docker,
+            image,
+        }) => exit(if docker {
+            crate::testnet_docker::up(&testnet_dir, nodes, &image, timeout)
+        } else {
+            crate::testnet::up(&testnet_dir, nodes, timeout)
+        }),
+        // A Docker testnet is recognized by its state file.
+        Command::Testnet(TestnetCommand::Status) => exit(
+            if testnet_dir.join(crate::testnet_docker::STATE_FILE).exists() {
+                crate::testnet_docker::status(&testnet_dir)
+            } else {
+                crate::testnet::status(&testnet_dir)
+            },
+        ),
+        Command::Testnet(TestnetCommand::Down { clean }) => exit(
+            if testnet_dir.join(crate::testnet_docker::STATE_FILE).exists() {
+                crate::testnet_docker::down(&testnet_dir, clean)
+            } else {
+                crate::testnet::down(&testnet_dir, clean)
+            },
+        ),
+        Command::Health(args) => exit(health(&dir, args)),
     }
 }
 
@@ -987,6 +1031,76 @@ fn token_create(
     let token =
         crate::auth::local::mint_named(dir, &l.config, &id, sub, role, ttl)?.unwrap_or_default();
     println!("{token}");
+    Ok(())
+}
+
+/// The `/readyz` URL of the node of `dir`, from its effective `api.listen` and `api.tls`.
+fn readyz_url(dir: &Path) -> Result<String> {
+    let l = ConfigDir::new(dir)
+        .load(&LoadOptions::from_process(capabilities()))
+        .map_err(|d| anyhow::anyhow!("invalid configuration (pass --url):\n{d}"))?;
+    let mut addr = l.config.api.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let scheme = if l.config.api.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Ok(format!("{scheme}://{addr}/readyz"))
+}
+
+fn health(dir: &Path, args: HealthArgs) -> Result<()> {
+    let url = match args.url {
+        Some(u) => u,
+        None => readyz_url(dir)?,
+    };
+    let parsed = reqwest::Url::parse(&url).with_context(|| format!("`{url}` is not a URL"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        anyhow::bail!("`{url}`: only http and https URLs can be asked");
+    }
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(args.timeout)
+        .danger_accept_invalid_certs(args.insecure)
+        .build()
+        .context("building the HTTP client")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (status, body) = rt.block_on(async {
+        let resp = client
+            .get(parsed)
+            .send()
+            .await
+            .with_context(|| format!("{url}: no answer"))?;
+        let status = resp.status();
+        // A readiness answer is a few bytes; never read more than 4 KiB of it.
+        let mut body = Vec::new();
+        let mut resp = resp;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .with_context(|| format!("{url}: reading the answer"))?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() >= 4096 {
+                body.truncate(4096);
+                break;
+            }
+        }
+        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    })?;
+    if status != reqwest::StatusCode::OK {
+        anyhow::bail!("{url}: HTTP {status}: {}", body.trim());
+    }
+    println!("{url}: {}", body.trim());
     Ok(())
 }
 

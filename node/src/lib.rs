@@ -22,3 +22,4 @@ pub mod metrics;
 pub mod store;
 pub mod telemetry;
 pub mod testnet;
+pub mod testnet_docker;

@@ -88,7 +88,13 @@ fn viewer_token(x: &TestnetNode, ttl: Duration) -> Option<String> {
 
 /// Admitted and connected peers of a node, or `None` if it does not answer.
 fn admitted(x: &TestnetNode, token: Option<&str>) -> Option<Vec<String>> {
-    let v = get_json(x.api, "/api/peers", token, Duration::from_secs(2)).ok()?;
+    admitted_at(x.api, token)
+}
+
+/// Admitted and connected peers of the node whose API is at `api` (loopback), or `None`
+/// if it does not answer.
+pub(crate) fn admitted_at(api: SocketAddr, token: Option<&str>) -> Option<Vec<String>> {
+    let v = get_json(api, "/api/peers", token, Duration::from_secs(2)).ok()?;
     Some(
         v["peers"]
             .as_array()?

@@ -600,3 +600,54 @@ async fn federation_cli_signs_approvals_publishes_config_and_shows_the_log() {
     signal(child.id(), "TERM");
     assert!(child.wait().unwrap().success());
 }
+
+/// `kos health` (the container health check) asks the node's own /readyz, found from its
+/// api.listen: exit 1 while nothing answers, 0 once the node is ready.
+#[tokio::test]
+async fn health_asks_the_nodes_readyz() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("kos-home");
+    let port = free_port();
+    assert!(kos(&home, &["init"]).status.success());
+    let env = home.join("system.env");
+    let mut text = std::fs::read_to_string(&env).unwrap();
+    text.push_str(&format!("KOS_API__LISTEN=127.0.0.1:{port}\n"));
+    std::fs::write(&env, text).unwrap();
+
+    let down = kos(&home, &["health", "--timeout", "1s"]);
+    assert_eq!(down.status.code(), Some(1), "{}", stdout(&down));
+    assert!(
+        stderr(&down).contains(&format!("http://127.0.0.1:{port}/readyz: no answer")),
+        "{}",
+        stderr(&down)
+    );
+    let bad = kos(&home, &["health", "--url", "ftp://127.0.0.1/readyz"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("only http and https"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let mut child = Command::new(KOS)
+        .arg("run")
+        .env("KOS_HOME", &home)
+        .env_remove("KOS_PROFILE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(&format!("http://127.0.0.1:{port}"), &mut child).await;
+    let up = kos(&home, &["health"]);
+    assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
+    assert!(stdout(&up).contains("\"ready\""), "{}", stdout(&up));
+    // A URL that is not /readyz-ready (404) is a failure too.
+    let other = kos(
+        &home,
+        &["health", "--url", &format!("http://127.0.0.1:{port}/nope")],
+    );
+    assert_eq!(other.status.code(), Some(1), "{}", stdout(&other));
+
+    signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success());
+}
