@@ -1185,6 +1185,24 @@ impl Actor {
                 self.start_sync(p, 0);
             }
         }
+        // A snapshot refused here is tried again: the operator may have fixed what made it
+        // fail (the verdict and event change only if the outcome does).
+        let retry: Vec<(String, kos_map_protocol::fedlog::Published)> = match &self.last_state {
+            Some(state) => state
+                .config
+                .iter()
+                .filter(|(scope, p)| {
+                    self.own
+                        .get(*scope)
+                        .is_some_and(|o| o.0 == p.op && o.1 == StatusKind::Nack)
+                })
+                .map(|(scope, p)| (scope.clone(), p.clone()))
+                .collect(),
+            None => Vec::new(),
+        };
+        for (scope, p) in retry {
+            self.apply_snapshot(&scope, &p).await;
+        }
         self.gossip_own_statuses().await;
     }
 
@@ -1272,19 +1290,16 @@ impl Actor {
         }
         // The view first: what follows (files, events, config) takes longer.
         self.publish_view(state.as_ref());
-        if let Some(state) = &state {
+        {
             // peers.list's managed section: rewritten whenever it differs from the log
-            // (also after an operator's edit carried a stale copy of it).
+            // (also after an operator's edit carried a stale copy of it); removed when
+            // federation sync is off.
             let dir = self.core.dir.clone();
-            let managed = render_managed(state);
+            let managed = state.as_ref().map(render_managed).unwrap_or_default();
             match tokio::task::spawn_blocking(move || write_managed(&dir, &managed)).await {
-                Ok(Ok(true)) => {
-                    self.peers_fingerprint = fingerprint(&self.core.dir.join(PEERS_LIST));
-                    if let Ok(f) = read_peers_file(&self.core.dir) {
-                        self.core.peers = f;
-                    }
-                }
-                Ok(Ok(false)) => {}
+                // Written: the next poll sees a new fingerprint and re-reads the file, which
+                // also picks up an operator's edit that raced with this write.
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => warn!(error = %e, "cannot write peers.list"),
                 Err(e) => warn!(error = %e, "peers.list writer failed"),
             }
@@ -1341,6 +1356,13 @@ impl Actor {
             Ok(()) => (StatusKind::Ack, Vec::new()),
             Err(errs) => (StatusKind::Nack, errs.clone()),
         };
+        let unchanged = self
+            .own
+            .get(scope)
+            .is_some_and(|o| o.0 == p.op && o.1 == status && o.2 == errors);
+        if unchanged {
+            return;
+        }
         match &result {
             Ok(()) => info!(scope, snapshot = %&p.snapshot_id[..12], "federation snapshot applied"),
             Err(errs) => {

@@ -631,6 +631,24 @@ async fn snapshots_are_acked_applied_or_nacked_with_the_reason_and_rolled_back()
         "{d}"
     );
 
+    // Node 2's operator re-enables the moderator: the refused snapshot is tried again and
+    // now applies.
+    std::fs::write(
+        nodes[2].dir.join("agents/moderatorAgent.yaml"),
+        "enabled: true\n",
+    )
+    .unwrap();
+    wait_until("NACK turns into ACK once fixed locally", async || {
+        all_acked(
+            &nodes[0],
+            &snap2,
+            &[(&ids3[0], "ack"), (&ids3[1], "ack"), (&ids3[2], "ack")],
+        )
+        .await
+    })
+    .await;
+    assert_eq!(max_tasks(&nodes[2]).await, json!(8));
+
     // Rollback = a new op pointing at the earlier snapshot.
     let (s, b) = nodes[0]
         .post(
