@@ -272,6 +272,16 @@ pub fn render_entry(e: &PeerEntry) -> String {
     s
 }
 
+/// Whether an operator-section line is about `id` (an entry or a block).
+fn names(raw: &str, id: &NodeId) -> bool {
+    parse_block(raw, 0)
+        .ok()
+        .flatten()
+        .map(|b| b.id)
+        .or_else(|| parse_line(raw, 0).ok().flatten().map(|e| e.id))
+        .is_some_and(|x| &x == id)
+}
+
 /// Adds (or replaces) a peer's line in the operator's section, keeping every other line and
 /// comment as it is.
 pub fn upsert_entry(text: &str, entry: &PeerEntry) -> String {
@@ -279,10 +289,8 @@ pub fn upsert_entry(text: &str, entry: &PeerEntry) -> String {
     let mut out = String::with_capacity(text.len() + 80);
     let mut replaced = false;
     for raw in text.lines() {
-        let is_it = parse_line(raw, 0)
-            .ok()
-            .flatten()
-            .is_some_and(|e| e.id == entry.id);
+        // A block line of the same peer is replaced too: approving is unblocking.
+        let is_it = names(raw, &entry.id);
         if is_it && !replaced {
             out.push_str(&render_entry(entry));
             replaced = true;
@@ -301,17 +309,14 @@ pub fn upsert_entry(text: &str, entry: &PeerEntry) -> String {
     out
 }
 
-/// Removes a peer's line from the operator's section; `None` if it was not listed there.
+/// Removes a peer's line (entry or block) from the operator's section; `None` if it was not
+/// listed there.
 pub fn remove_entry(text: &str, id: &NodeId) -> Option<String> {
     let (text, managed) = split_local(text);
     let mut found = false;
     let mut out = String::with_capacity(text.len());
     for raw in text.lines() {
-        if parse_line(raw, 0)
-            .ok()
-            .flatten()
-            .is_some_and(|e| &e.id == id)
-        {
+        if names(raw, id) {
             found = true;
             continue;
         }
@@ -430,6 +435,23 @@ mod tests {
             "managed entries are not the operator's to remove"
         );
         assert_eq!(replace_managed(&text2, ""), local);
+        // Adding a blocked peer unblocks it; removing a blocked one lifts the block.
+        let t = upsert_entry(
+            &local,
+            &PeerEntry {
+                id: b,
+                addrs: vec![],
+                label: None,
+                line: 0,
+            },
+        );
+        let f = parse_peers_file(&t).unwrap();
+        assert!(
+            f.blocked.is_empty() && f.local.iter().any(|e| e.id == b),
+            "{t}"
+        );
+        let t = remove_entry(&local, &b).unwrap();
+        assert!(parse_peers_file(&t).unwrap().blocked.is_empty());
     }
 
     #[test]

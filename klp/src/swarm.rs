@@ -175,6 +175,10 @@ enum Command {
         detail: String,
         reply: oneshot::Sender<()>,
     },
+    SetDenied {
+        peers: Vec<PeerId>,
+        reply: oneshot::Sender<()>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -342,6 +346,7 @@ impl Klp {
             hellos: HashMap::new(),
             close_after_response: HashSet::new(),
             bans: HashMap::new(),
+            denied: HashSet::new(),
             pending_bans: HashMap::new(),
             replay: ReplayGuard::new(30_000, 10_000),
             events: ev_tx.clone(),
@@ -482,6 +487,13 @@ impl Klp {
             .take()
     }
 
+    /// Peers never admitted, whatever `handshake_required` says (an operator's local blocks,
+    /// the federation's revocations). Connected ones are told `Goodbye{blocked}`.
+    pub async fn set_denied(&self, peers: Vec<NodeId>) -> Result<(), KlpError> {
+        let peers = peers.iter().filter_map(peer_id).collect();
+        self.ask(|reply| Command::SetDenied { peers, reply }).await
+    }
+
     /// Punishes a peer that sent invalid data (e.g. forged federation ops): `Goodbye{blocked}`,
     /// disconnect, and a ban of a minute even if it is approved.
     pub async fn penalize(&self, peer: &NodeId, detail: &str) -> Result<(), KlpError> {
@@ -611,6 +623,8 @@ struct EventLoop {
     close_after_response: HashSet<PeerId>,
     /// Temporary bans, lifted at the instant given.
     bans: HashMap<PeerId, Instant>,
+    /// Never admitted (see [`Klp::set_denied`]).
+    denied: HashSet<PeerId>,
     /// Bans to start once the peer has disconnected.
     pending_bans: HashMap<PeerId, Duration>,
     replay: ReplayGuard,
@@ -681,7 +695,7 @@ impl EventLoop {
     }
 
     fn admits(&self, peer: &PeerId) -> bool {
-        !self.cfg.handshake_required || self.is_approved(peer)
+        !self.denied.contains(peer) && (!self.cfg.handshake_required || self.is_approved(peer))
     }
 
     fn manifest(&self) -> Manifest {
@@ -1438,13 +1452,17 @@ impl EventLoop {
             }
         }
         for (id, e) in new {
-            self.pending_bans.remove(&id);
-            if self.bans.remove(&id).is_some() {
-                self.swarm.behaviour_mut().blocked.unblock_peer(id);
+            let newly = self.peers.get(&id).is_none_or(|p| p.approved.is_none());
+            // A newly approved peer may have been banned as a stranger; lift that. A peer
+            // that stays approved keeps any ban (e.g. a penalty).
+            if newly {
+                self.pending_bans.remove(&id);
+                if self.bans.remove(&id).is_some() {
+                    self.swarm.behaviour_mut().blocked.unblock_peer(id);
+                }
             }
             self.swarm.behaviour_mut().limits.bypass_peer_id(&id);
             let p = self.peers.entry(id).or_default();
-            let newly = p.approved.is_none();
             let addrs = e.addrs.clone();
             p.approved = Some(e);
             if p.connections.is_empty() && (newly || p.state.is_none()) && !addrs.is_empty() {
@@ -1563,6 +1581,24 @@ impl EventLoop {
                     .map
                     .send_request(&peer, WireRequest::Sync(body));
                 self.calls_out.insert(id, Outgoing::Sync(reply));
+            }
+            Command::SetDenied { peers, reply } => {
+                self.denied = peers.into_iter().collect();
+                let to_close: Vec<PeerId> = self
+                    .denied
+                    .iter()
+                    .filter(|p| {
+                        self.peers.get(p).is_some_and(|x| {
+                            !x.connections.is_empty() && x.state != Some(HandshakeState::Refused)
+                        })
+                    })
+                    .copied()
+                    .collect();
+                for p in to_close {
+                    info!(peer = %p, "denied: disconnecting");
+                    self.say_goodbye(p, GoodbyeReason::Blocked, "blocked or revoked");
+                }
+                let _ = reply.send(());
             }
             Command::Penalize {
                 peer,

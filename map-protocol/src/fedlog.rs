@@ -466,6 +466,21 @@ impl Op {
         self.unsigned.hash()
     }
 
+    /// Checks every signature (and nothing else); `BadSignature` names the first that does
+    /// not verify.
+    pub fn verify_signatures(&self) -> Result<(), LogError> {
+        let signed = self.unsigned.signed_bytes();
+        for (signer, signature) in &self.signatures {
+            signer
+                .public_key()
+                .verify_strict(&signed, &Signature::from_bytes(signature))
+                .map_err(|_| LogError::BadSignature {
+                    signer: Box::new(*signer),
+                })?;
+        }
+        Ok(())
+    }
+
     pub fn author(&self) -> &NodeId {
         &self.unsigned.author
     }
@@ -758,6 +773,18 @@ impl Log {
         self.threshold
     }
 
+    /// Identifies the genesis (admins and threshold): nodes whose ids differ do not belong
+    /// to the same federation, and their ops mean nothing to each other.
+    pub fn genesis_id(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"kos-fedlog-genesis/1\0");
+        h.update(self.threshold.to_be_bytes());
+        for a in &self.genesis_admins {
+            h.update(a.to_bytes());
+        }
+        h.finalize().into()
+    }
+
     pub fn genesis_admins(&self) -> &BTreeSet<NodeId> {
         &self.genesis_admins
     }
@@ -791,7 +818,22 @@ impl Log {
     /// Verifies `op` and adds it (see the module documentation for the checks, in order).
     /// Returns its hash. Never panics.
     pub fn insert(&mut self, op: Op) -> Result<OpHash, LogError> {
-        check_limits(&op)?;
+        let hash = self.check(&op)?;
+        let u = &op.unsigned;
+        for parent in &u.parents {
+            self.heads.remove(parent);
+        }
+        self.heads.insert(hash);
+        self.order.insert((u.lamport, hash));
+        self.by_author_seq.insert((u.author, u.seq), hash);
+        self.ops.insert(hash, op);
+        Ok(hash)
+    }
+
+    /// What [`Log::insert`] checks, without inserting: `Ok(hash)` if `op` would go in. Lets
+    /// a caller store an op durably before it changes the log.
+    pub fn check(&self, op: &Op) -> Result<OpHash, LogError> {
+        check_limits(op)?;
         let size = op.encode().len();
         if size > MAX_OP_BYTES {
             return Err(LogError::TooLarge {
@@ -831,15 +873,7 @@ impl Log {
                 max,
             });
         }
-        let signed = u.signed_bytes();
-        for (signer, signature) in &op.signatures {
-            signer
-                .public_key()
-                .verify_strict(&signed, &Signature::from_bytes(signature))
-                .map_err(|_| LogError::BadSignature {
-                    signer: Box::new(*signer),
-                })?;
-        }
+        op.verify_signatures()?;
         let past = self.closure(u.parents.iter(), 0);
         let admins = self.admins_where(|h| past.contains(h));
         if !admins.contains(&u.author) {
@@ -892,13 +926,6 @@ impl Log {
                 });
             }
         }
-        for parent in &u.parents {
-            self.heads.remove(parent);
-        }
-        self.heads.insert(hash);
-        self.order.insert((u.lamport, hash));
-        self.by_author_seq.insert((u.author, u.seq), hash);
-        self.ops.insert(hash, op);
         Ok(hash)
     }
 

@@ -959,6 +959,18 @@ fn federation_admin(dir: &Path, action: &str, admin: &str, keys: &[PathBuf]) -> 
         .decode(d["draft"].as_str().unwrap_or(""))
         .context("the node's draft is not base64")?;
     let unsigned = crate::fedsync::decode_draft(&draft).context("the node's draft")?;
+    // Sign only what was asked for: a compromised node must not get another body signed.
+    let target: kos_klp::NodeId = admin
+        .parse()
+        .map_err(|e| anyhow::anyhow!("`{admin}` is not an admin id: {e}"))?;
+    let expected = if action == "add_admin" {
+        kos_map_protocol::fedlog::OpBody::AddAdmin { admin: target }
+    } else {
+        kos_map_protocol::fedlog::OpBody::RemoveAdmin { admin: target }
+    };
+    if unsigned.author != author || unsigned.body != expected {
+        anyhow::bail!("the node's draft is not the operation asked for; nothing was signed");
+    }
     let mut op =
         kos_map_protocol::fedlog::Op::sign(unsigned, &signing[0]).context("signing the draft")?;
     for k in &signing[1..] {

@@ -51,8 +51,18 @@ pub const ADMIN_KEY_FILE: &str = "federation/admin.key";
 /// Gossip payload tags (the first byte) on the federation topic.
 const TAG_OP: u8 = 1;
 const TAG_STATUS: u8 = 2;
-/// Ops with unknown parents kept while their parents are fetched.
+/// Ops with unknown parents kept while their parents are fetched: in all, in bytes, and
+/// from one source.
 const MAX_PENDING: usize = 1024;
+const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
+const MAX_PENDING_PER_SOURCE: usize = 256;
+/// Most ops taken from one sync answer.
+const MAX_OPS_PER_ANSWER: usize = 4096;
+/// Sync requests answered per peer: a burst, then one per second.
+const SYNC_BURST: f64 = 8.0;
+const SYNC_RATE_PER_SEC: f64 = 1.0;
+/// A refused snapshot is tried again at most every this many sync intervals.
+const NACK_RETRY_INTERVALS: u32 = 3;
 pub const PENDING_TTL: Duration = Duration::from_secs(30);
 /// Most heads accepted in a sync request.
 const MAX_HEADS: usize = 1024;
@@ -88,11 +98,16 @@ pub enum FedError {
 
 #[derive(Serialize, Deserialize)]
 struct SyncRequest {
+    /// [`Log::genesis_id`] of the requester: peers of another federation answer nothing.
+    genesis: ByteBuf,
     heads: Vec<ByteBuf>,
+    /// Paging: only ops after this `(lamport, hash)` in the total order.
+    after: Option<(u64, ByteBuf)>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct SyncResponse {
+    genesis: ByteBuf,
     ops: Vec<ByteBuf>,
     more: bool,
 }
@@ -470,16 +485,25 @@ fn short(h: &OpHash) -> String {
     h.to_string()[..12].to_string()
 }
 
-/// Writes the managed section into peers.list if it differs, atomically; if the operator
-/// edits the file meanwhile, starts over with their version.
-pub fn write_managed(dir: &Path, managed: &str) -> std::io::Result<bool> {
+/// Writes the managed section into peers.list if it differs, atomically. Writes only over
+/// a file whose operator section parses to `expected` (what the node last read): a file
+/// being edited (e.g. truncated by an editor saving in place) or edited since is left
+/// alone, and the next poll reads the operator's version first. Returns whether it wrote.
+pub fn write_managed(dir: &Path, managed: &str, expected: &PeersFile) -> std::io::Result<bool> {
     let path = dir.join(PEERS_LIST);
+    let same_operator_section = |text: &str| {
+        kos_klp::parse_peers_file(text)
+            .is_ok_and(|f| f.local == expected.local && f.blocked == expected.blocked)
+    };
     for _ in 0..5 {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(e),
         };
+        if !same_operator_section(&text) {
+            return Ok(false);
+        }
         let new = kos_klp::peers::replace_managed(&text, managed);
         if new == text {
             return Ok(false);
@@ -629,6 +653,14 @@ struct Pending {
     op: Op,
     from: Option<NodeId>,
     since: Instant,
+    bytes: usize,
+}
+
+/// How one page of anti-entropy went.
+struct SyncPage {
+    grew: bool,
+    /// The last op of the page, for the next request's cursor.
+    last: Option<(u64, OpHash)>,
 }
 
 struct Refused {
@@ -652,10 +684,18 @@ struct Actor {
     strikes: HashMap<NodeId, VecDeque<Instant>>,
     admitted: BTreeSet<NodeId>,
     syncing: HashSet<NodeId>,
+    /// Peers asked for a sync while one was running: run another when it ends.
+    resync: HashSet<NodeId>,
+    /// Peers whose federation has another genesis (misconfiguration, not malice).
+    foreign: HashSet<NodeId>,
+    /// Token buckets for their sync requests: (tokens, last refill).
+    sync_budget: HashMap<NodeId, (f64, Instant)>,
+    last_nack_retry: Option<Instant>,
     next_sync: usize,
     sync_results: mpsc::Sender<(NodeId, Result<SyncResponse, String>, u32)>,
     /// What the swarm was last given, and what was last written.
     applied_peers: Option<Vec<PeerEntry>>,
+    applied_denied: Option<Vec<NodeId>>,
     last_state: Option<State>,
     peers_fingerprint: Option<(SystemTime, u64)>,
     /// This node's verdict per scope: (op, status, errors).
@@ -696,9 +736,14 @@ pub fn spawn(
         strikes: HashMap::new(),
         admitted: BTreeSet::new(),
         syncing: HashSet::new(),
+        resync: HashSet::new(),
+        foreign: HashSet::new(),
+        sync_budget: HashMap::new(),
+        last_nack_retry: None,
         next_sync: 0,
         sync_results: results_tx,
         applied_peers: None,
+        applied_denied: None,
         last_state: None,
         peers_fingerprint,
         own: BTreeMap::new(),
@@ -735,7 +780,7 @@ impl Actor {
                         warn!(missed = n, "KLP events dropped; syncing with every peer");
                         let peers: Vec<NodeId> = self.admitted.iter().copied().collect();
                         for p in peers {
-                            self.start_sync(p, 0);
+                            self.start_sync(p, 0, None);
                         }
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -819,12 +864,14 @@ impl Actor {
         self.local_insert(op).await
     }
 
-    /// An op made or submitted here: inserted, persisted, gossiped; errors go back to the
-    /// caller (and are not strikes).
+    /// An op made or submitted here: checked, stored durably, then inserted and gossiped;
+    /// errors go back to the caller (and are not strikes). Storing first matters: an op
+    /// gossiped but lost by a crash would make this node's admin sign another op with the
+    /// same seq after a restart, an equivocation.
     async fn local_insert(&mut self, op: Op) -> Result<String, FedError> {
-        let log = self.core.log.as_mut().ok_or(FedError::Disabled)?;
+        let log = self.core.log.as_ref().ok_or(FedError::Disabled)?;
         let bytes = op.encode();
-        let hash = match log.insert(op.clone()) {
+        let hash = match log.check(&op) {
             Ok(h) => h,
             Err(e) => {
                 Metrics::outcome(&self.metrics.fedlog_ops, &format!("refused:{}", reason(&e)));
@@ -832,12 +879,14 @@ impl Actor {
                 return Err(e.into());
             }
         };
-        Metrics::outcome(&self.metrics.fedlog_ops, "inserted");
-        let stored = self
-            .node
+        self.node
             .db
             .insert_op(&hash.to_string(), op.unsigned.lamport, &bytes)
-            .await;
+            .await
+            .map_err(|e| FedError::Store(e.to_string()))?;
+        let log = self.core.log.as_mut().ok_or(FedError::Disabled)?;
+        log.insert(op.clone())?;
+        Metrics::outcome(&self.metrics.fedlog_ops, "inserted");
         let mut msg = Vec::with_capacity(bytes.len() + 1);
         msg.push(TAG_OP);
         msg.extend_from_slice(&bytes);
@@ -846,73 +895,100 @@ impl Actor {
             debug!(error = %e, "op not gossiped now");
         }
         info!(op = %hash, kind = kind(&op.unsigned.body), "federation op created");
-        self.retry_pending(None).await;
+        self.retry_pending().await;
         self.on_changed(false).await;
-        stored.map_err(|e| FedError::Store(e.to_string()))?;
         Ok(hash.to_string())
     }
 
-    /// An op from the network. Returns whether the log grew.
-    async fn ingest(&mut self, bytes: &[u8], from: Option<NodeId>) -> bool {
+    /// An op from the network. `Ok(grew)`, or `Err` when the op is invalid (refused,
+    /// counted, and charged to `from`).
+    async fn ingest(&mut self, bytes: &[u8], from: Option<NodeId>) -> Result<bool, ()> {
         let op = match Op::decode(bytes) {
             Ok(op) => op,
             Err(e) => {
                 self.refuse(None, from, &e).await;
-                return false;
+                return Err(());
             }
         };
         self.ingest_op(op, from).await
     }
 
-    async fn ingest_op(&mut self, op: Op, from: Option<NodeId>) -> bool {
+    async fn ingest_op(&mut self, op: Op, from: Option<NodeId>) -> Result<bool, ()> {
         let Some(log) = self.core.log.as_mut() else {
-            return false;
+            return Ok(false);
         };
         let hash = op.hash();
-        match log.insert(op.clone()) {
+        match log.check(&op) {
             Ok(_) => {
-                Metrics::outcome(&self.metrics.fedlog_ops, "inserted");
                 if let Err(e) = self
                     .node
                     .db
                     .insert_op(&hash.to_string(), op.unsigned.lamport, &op.encode())
                     .await
                 {
-                    warn!(op = %hash, error = %e, "cannot persist a federation op; it will be refetched after a restart");
+                    // Not inserted either: anti-entropy brings it again.
+                    warn!(op = %hash, error = %e, "cannot store a federation op; it will be fetched again");
+                    return Ok(false);
                 }
-                debug!(op = %hash, "federation op inserted");
-                true
+                if let Some(log) = self.core.log.as_mut()
+                    && log.insert(op).is_ok()
+                {
+                    Metrics::outcome(&self.metrics.fedlog_ops, "inserted");
+                    debug!(op = %hash, "federation op inserted");
+                    return Ok(true);
+                }
+                Ok(false)
             }
             Err(LogError::AlreadyKnown(_)) => {
                 Metrics::outcome(&self.metrics.fedlog_ops, "known");
-                false
+                Ok(false)
             }
             Err(LogError::UnknownParents(_)) => {
-                if self.pending.len() < MAX_PENDING && !self.pending.contains_key(&hash) {
+                // Park it only if it is really signed (junk must not crowd out real ops),
+                // within the budgets, then ask for the missing history.
+                if let Err(e) = op.verify_signatures() {
+                    self.refuse(Some(&op), from, &e).await;
+                    return Err(());
+                }
+                let size = op.encode().len();
+                let total: usize = self.pending.values().map(|p| p.bytes).sum();
+                let from_source = self.pending.values().filter(|p| p.from == from).count();
+                if self.pending.len() < MAX_PENDING
+                    && total + size <= MAX_PENDING_BYTES
+                    && from_source < MAX_PENDING_PER_SOURCE
+                    && !self.pending.contains_key(&hash)
+                {
                     self.pending.insert(
                         hash,
                         Pending {
                             op,
                             from,
                             since: Instant::now(),
+                            bytes: size,
                         },
                     );
+                } else {
+                    debug!(op = %hash, "pending ops full; the op will come again by anti-entropy");
                 }
-                if let Some(p) = from {
-                    self.start_sync(p, 0);
+                // The source may not be a direct neighbour: then any admitted peer.
+                let ask = from
+                    .filter(|f| self.admitted.contains(f))
+                    .or_else(|| self.admitted.iter().next().copied());
+                if let Some(p) = ask {
+                    self.start_sync(p, 0, None);
                 }
-                false
+                Ok(false)
             }
             Err(e @ LogError::Equivocation { .. }) => {
                 // Not the relay's fault: it may have seen the other op first.
                 Metrics::outcome(&self.metrics.fedlog_ops, "refused:equivocation");
                 warn!(op = %hash, error = %e, "equivocating federation op");
                 self.remember_refused(Some(&op), from, &e);
-                false
+                Ok(false)
             }
             Err(e) => {
                 self.refuse(Some(&op), from, &e).await;
-                false
+                Err(())
             }
         }
     }
@@ -930,11 +1006,21 @@ impl Actor {
         });
     }
 
+    /// Counts and remembers a refused op and charges it to the peer responsible.
     async fn refuse(&mut self, op: Option<&Op>, from: Option<NodeId>, e: &LogError) {
         Metrics::outcome(&self.metrics.fedlog_ops, &format!("refused:{}", reason(e)));
         warn!(from = ?from.map(|f| f.to_string()), error = %e, "federation op refused");
         self.remember_refused(op, from, e);
-        let Some(peer) = from else { return };
+        if let Some(peer) = from {
+            self.strike(peer).await;
+        }
+    }
+
+    async fn strike(&mut self, peer: NodeId) {
+        if self.foreign.contains(&peer) {
+            // Another federation's ops are invalid here by construction; not an attack.
+            return;
+        }
         let now = Instant::now();
         let q = self.strikes.entry(peer).or_default();
         q.push_back(now);
@@ -955,7 +1041,7 @@ impl Actor {
     }
 
     /// Inserts pending ops whose parents have arrived, until nothing moves.
-    async fn retry_pending(&mut self, _from: Option<NodeId>) -> bool {
+    async fn retry_pending(&mut self) -> bool {
         let mut grew = false;
         loop {
             let ready: Vec<OpHash> = match &self.core.log {
@@ -972,12 +1058,14 @@ impl Actor {
             }
             for h in ready {
                 if let Some(p) = self.pending.remove(&h) {
-                    grew |= self.ingest_op(p.op, p.from).await;
+                    grew |= self.ingest_op(p.op, p.from).await.unwrap_or(false);
                 }
             }
         }
     }
 
+    /// Drops ops whose parents never came. Not charged to anyone: an honest relay may
+    /// hold ops whose history this node refuses (after an equivocation) or cannot reach.
     async fn expire_pending(&mut self) {
         let expired: Vec<OpHash> = self
             .pending
@@ -999,8 +1087,10 @@ impl Actor {
                     }
                     None => Vec::new(),
                 };
-                self.refuse(Some(&p.op), p.from, &LogError::UnknownParents(missing))
-                    .await;
+                let e = LogError::UnknownParents(missing);
+                Metrics::outcome(&self.metrics.fedlog_ops, "refused:unknown_parents");
+                warn!(op = %h, "federation op dropped: its parents never arrived");
+                self.remember_refused(Some(&p.op), p.from, &e);
                 changed = true;
             }
         }
@@ -1014,7 +1104,7 @@ impl Actor {
             KlpEvent::Admitted { peer, .. } => {
                 if let Ok(p) = peer.parse::<NodeId>() {
                     self.admitted.insert(p);
-                    self.start_sync(p, 0);
+                    self.start_sync(p, 0, None);
                     self.gossip_own_statuses().await;
                 }
             }
@@ -1027,8 +1117,8 @@ impl Actor {
                 let from = from.parse::<NodeId>().ok();
                 match data.split_first() {
                     Some((&TAG_OP, rest)) if self.enabled() => {
-                        let mut grew = self.ingest(rest, from).await;
-                        grew |= self.retry_pending(from).await;
+                        let mut grew = self.ingest(rest, from).await.unwrap_or(false);
+                        grew |= self.retry_pending().await;
                         if grew {
                             self.on_changed(false).await;
                         } else {
@@ -1065,29 +1155,50 @@ impl Actor {
                 e.truncate(cut);
             }
         }
-        // Only statuses about ops this node knows are kept (bounds memory).
-        if !self.core.log.as_ref().is_some_and(|l| l.contains(&op)) {
+        // Only statuses about a scope's current snapshot are kept (bounds memory), and
+        // only what the op does not already say.
+        let Some((scope, published)) = self
+            .last_state
+            .as_ref()
+            .and_then(|s| s.config.iter().find(|(_, p)| p.op == op))
+        else {
             return;
-        }
+        };
+        st.scope = scope.clone();
+        st.snapshot_id = published.snapshot_id.clone();
+        // Verdicts about older snapshots go.
+        let current: HashSet<OpHash> = self
+            .last_state
+            .as_ref()
+            .map(|s| s.config.values().map(|p| p.op).collect())
+            .unwrap_or_default();
+        self.statuses.retain(|k, _| current.contains(k));
         let entry = self.statuses.entry(op).or_default();
         if entry.get(&from).is_none_or(|old| old.at_ms <= st.at_ms) {
             entry.insert(from, st);
         }
     }
 
-    fn start_sync(&mut self, peer: NodeId, round: u32) {
+    /// Asks `peer` for the ops this node misses (one page; `after` continues a run).
+    fn start_sync(&mut self, peer: NodeId, round: u32, after: Option<(u64, OpHash)>) {
         let Some(log) = &self.core.log else { return };
         if round == 0 && !self.syncing.insert(peer) {
+            // One is running: run another when it ends (it may predate what we now miss).
+            self.resync.insert(peer);
             return;
         }
-        let heads: Vec<ByteBuf> = log
-            .heads()
-            .into_iter()
-            .take(MAX_HEADS)
-            .map(|h| ByteBuf::from(h.0.to_vec()))
-            .collect();
+        let request = SyncRequest {
+            genesis: ByteBuf::from(log.genesis_id().to_vec()),
+            heads: log
+                .heads()
+                .into_iter()
+                .take(MAX_HEADS)
+                .map(|h| ByteBuf::from(h.0.to_vec()))
+                .collect(),
+            after: after.map(|(l, h)| (l, ByteBuf::from(h.0.to_vec()))),
+        };
         let mut body = Vec::new();
-        if ciborium::into_writer(&SyncRequest { heads }, &mut body).is_err() {
+        if ciborium::into_writer(&request, &mut body).is_err() {
             self.syncing.remove(&peer);
             return;
         }
@@ -1103,6 +1214,13 @@ impl Actor {
         });
     }
 
+    fn end_sync(&mut self, peer: NodeId) {
+        self.syncing.remove(&peer);
+        if self.resync.remove(&peer) && self.admitted.contains(&peer) {
+            self.start_sync(peer, 0, None);
+        }
+    }
+
     async fn on_sync_result(
         &mut self,
         peer: NodeId,
@@ -1113,56 +1231,129 @@ impl Actor {
             Ok(r) => r,
             Err(e) => {
                 debug!(peer = %peer, error = %e, "sync failed");
-                self.syncing.remove(&peer);
+                self.end_sync(peer);
                 return;
             }
         };
-        let mut grew = false;
-        for bytes in &resp.ops {
-            grew |= self.ingest(bytes, Some(peer)).await;
+        let ours = self.core.log.as_ref().map(Log::genesis_id);
+        if ours.is_some_and(|g| g.as_slice() != resp.genesis.as_slice()) {
+            if self.foreign.insert(peer) {
+                warn!(peer = %peer, "this peer's federation has other admins (federation.klp.admins or admin_threshold differ): its ops are ignored");
+            }
+            self.end_sync(peer);
+            return;
         }
-        grew |= self.retry_pending(Some(peer)).await;
-        if grew {
+        self.foreign.remove(&peer);
+        let page = self.ingest_page(peer, &resp.ops).await;
+        if page.grew {
             self.on_changed(false).await;
         } else {
             self.publish_view(self.last_state.as_ref());
         }
-        if resp.more && grew && round + 1 < MAX_SYNC_ROUNDS {
-            self.start_sync(peer, round + 1);
-        } else {
-            self.syncing.remove(&peer);
+        match page.last {
+            Some(last) if resp.more && round + 1 < MAX_SYNC_ROUNDS => {
+                self.start_sync(peer, round + 1, Some(last));
+            }
+            _ => self.end_sync(peer),
         }
     }
 
+    /// Inserts one sync answer, parents first. An honest node only holds valid ops, so the
+    /// first invalid one ends the page with one strike against the peer that sent it.
+    async fn ingest_page(&mut self, peer: NodeId, ops: &[ByteBuf]) -> SyncPage {
+        let mut page = SyncPage {
+            grew: false,
+            last: None,
+        };
+        for bytes in ops.iter().take(MAX_OPS_PER_ANSWER) {
+            let op = match Op::decode(bytes) {
+                Ok(op) => op,
+                Err(e) => {
+                    self.refuse(None, Some(peer), &e).await;
+                    page.last = None;
+                    break;
+                }
+            };
+            page.last = Some((op.unsigned.lamport, op.hash()));
+            match self.ingest_op(op, None).await {
+                Ok(grew) => page.grew |= grew,
+                Err(()) => {
+                    // Counted by ingest_op; one strike for the whole answer.
+                    self.strike(peer).await;
+                    page.last = None;
+                    break;
+                }
+            }
+        }
+        page.grew |= self.retry_pending().await;
+        page
+    }
+
+    /// Answers a peer's sync request: the ops it misses after its cursor, parents first,
+    /// within the page budget. Rate limited per peer; nothing for another federation.
     fn answer_sync(&mut self, req: InboundSync) {
-        let answer = match (
-            &self.core.log,
-            ciborium::from_reader::<SyncRequest, _>(req.body.as_slice()),
-        ) {
-            (Some(log), Ok(r)) if r.heads.len() <= MAX_HEADS => {
+        let now = Instant::now();
+        let (tokens, last) = self
+            .sync_budget
+            .entry(req.peer)
+            .or_insert((SYNC_BURST, now));
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * SYNC_RATE_PER_SEC).min(SYNC_BURST);
+        *last = now;
+        let allowed = *tokens >= 1.0;
+        if allowed {
+            *tokens -= 1.0;
+        }
+        if self.sync_budget.len() > 4096 {
+            self.sync_budget
+                .retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
+        }
+        let Some(log) = &self.core.log else {
+            return;
+        };
+        let genesis = ByteBuf::from(log.genesis_id().to_vec());
+        let empty = |genesis| SyncResponse {
+            genesis,
+            ops: Vec::new(),
+            more: false,
+        };
+        let answer = match ciborium::from_reader::<SyncRequest, _>(req.body.as_slice()) {
+            Ok(r) if allowed && r.heads.len() <= MAX_HEADS && r.genesis == genesis => {
                 let heads: Vec<OpHash> = r
                     .heads
                     .iter()
                     .filter_map(|h| <[u8; 32]>::try_from(h.as_slice()).ok().map(OpHash))
                     .collect();
+                let after: Option<(u64, OpHash)> = r.after.and_then(|(l, h)| {
+                    <[u8; 32]>::try_from(h.as_slice())
+                        .ok()
+                        .map(|h| (l, OpHash(h)))
+                });
                 let mut ops = Vec::new();
                 let mut size = 0;
                 let mut more = false;
                 for op in log.ops_after(&heads) {
+                    if after.is_some_and(|a| (op.unsigned.lamport, op.hash()) <= a) {
+                        continue;
+                    }
                     let b = op.encode();
-                    if !ops.is_empty() && size + b.len() > kos_klp::SYNC_RESPONSE_BUDGET {
+                    if !ops.is_empty()
+                        && (size + b.len() > kos_klp::SYNC_RESPONSE_BUDGET
+                            || ops.len() >= MAX_OPS_PER_ANSWER)
+                    {
                         more = true;
                         break;
                     }
                     size += b.len();
                     ops.push(ByteBuf::from(b));
                 }
-                SyncResponse { ops, more }
+                SyncResponse { genesis, ops, more }
             }
-            _ => SyncResponse {
-                ops: Vec::new(),
-                more: false,
-            },
+            Ok(_) if !allowed => {
+                debug!(peer = %req.peer, "sync request over the rate limit");
+                empty(genesis)
+            }
+            _ => empty(genesis),
         };
         let mut body = Vec::new();
         if ciborium::into_writer(&answer, &mut body).is_ok() {
@@ -1182,13 +1373,17 @@ impl Actor {
             let i = self.next_sync % self.admitted.len();
             self.next_sync = self.next_sync.wrapping_add(1);
             if let Some(p) = self.admitted.iter().nth(i).copied() {
-                self.start_sync(p, 0);
+                self.start_sync(p, 0, None);
             }
         }
-        // A snapshot refused here is tried again: the operator may have fixed what made it
-        // fail (the verdict and event change only if the outcome does).
+        // A snapshot refused here is tried again, at most every NACK_RETRY_INTERVALS sync
+        // intervals: the operator may have fixed what made it fail (the verdict and event
+        // change only if the outcome does).
+        let due = self
+            .last_nack_retry
+            .is_none_or(|t| t.elapsed() >= self.sync_interval * NACK_RETRY_INTERVALS);
         let retry: Vec<(String, kos_map_protocol::fedlog::Published)> = match &self.last_state {
-            Some(state) => state
+            Some(state) if due => state
                 .config
                 .iter()
                 .filter(|(scope, p)| {
@@ -1198,8 +1393,11 @@ impl Actor {
                 })
                 .map(|(scope, p)| (scope.clone(), p.clone()))
                 .collect(),
-            None => Vec::new(),
+            _ => Vec::new(),
         };
+        if !retry.is_empty() {
+            self.last_nack_retry = Some(Instant::now());
+        }
         for (scope, p) in retry {
             self.apply_snapshot(&scope, &p).await;
         }
@@ -1288,6 +1486,18 @@ impl Actor {
                 self.applied_peers = Some(peers);
             }
         }
+        // Denied whatever handshake_required says: local blocks and revocations.
+        let mut denied: Vec<NodeId> = self.core.peers.blocked.iter().map(|b| b.id).collect();
+        if let Some(state) = &state {
+            denied.extend(state.revoked.keys().copied());
+        }
+        denied.sort();
+        denied.dedup();
+        if self.applied_denied.as_ref() != Some(&denied)
+            && self.klp.set_denied(denied.clone()).await.is_ok()
+        {
+            self.applied_denied = Some(denied);
+        }
         // The view first: what follows (files, events, config) takes longer.
         self.publish_view(state.as_ref());
         {
@@ -1296,7 +1506,10 @@ impl Actor {
             // federation sync is off.
             let dir = self.core.dir.clone();
             let managed = state.as_ref().map(render_managed).unwrap_or_default();
-            match tokio::task::spawn_blocking(move || write_managed(&dir, &managed)).await {
+            let expected = self.core.peers.clone();
+            match tokio::task::spawn_blocking(move || write_managed(&dir, &managed, &expected))
+                .await
+            {
                 // Written: the next poll sees a new fingerprint and re-reads the file, which
                 // also picks up an operator's edit that raced with this write.
                 Ok(Ok(_)) => {}
@@ -1416,12 +1629,23 @@ impl Actor {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| vec![format!("{rel}: {e}")])?;
             }
+            let previous = std::fs::read(&path).ok();
             kos_config::snapshot::atomic_write(&path, content.as_bytes(), None, &mut |_| {})
                 .map_err(|e| vec![format!("{rel}: cannot write: {e}")])?;
-            // Reload from disk, so what runs is exactly what a restart would load.
+            // Reload from disk, so what runs is exactly what a restart would load. If that
+            // fails (another file changed meanwhile), put the previous snapshot back.
             n2.dir
                 .load(&n2.load_opts)
-                .map_err(|d| d.errors().map(|e| e.to_string()).collect::<Vec<_>>())
+                .map_err(|d| {
+                    let restored = match &previous {
+                        Some(old) => kos_config::snapshot::atomic_write(&path, old, None, &mut |_| {}),
+                        None => std::fs::remove_file(&path),
+                    };
+                    if let Err(e) = restored {
+                        warn!(file = %rel, error = %e, "cannot restore the previous federation snapshot");
+                    }
+                    d.errors().map(|e| e.to_string()).collect::<Vec<_>>()
+                })
                 .map(|l| (l, loaded))
         })
         .await

@@ -287,7 +287,7 @@ async fn an_invalid_peers_list_stops_start_before_any_port_is_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_call_each_other_with_the_role_the_callee_grants() {
-    let laid: Vec<_> = ["a", "b", "c"].iter().map(|n| layout(n)).collect();
+    let laid: Vec<_> = ["a", "b", "c", "d"].iter().map(|n| layout(n)).collect();
     let list: String = laid
         .iter()
         .map(|(_, id, p2p)| format!("{id} {p2p}\n"))
@@ -295,18 +295,22 @@ async fn peers_call_each_other_with_the_role_the_callee_grants() {
     for (dir, _, _) in &laid {
         std::fs::write(dir.path().join("klp/peers.list"), &list).unwrap();
     }
-    // b grants a the viewer role for calls over KLP; c gets nothing (no default).
+    // b grants a the viewer role for calls over KLP, d the admin role; c gets nothing (no
+    // default).
     let a_id = laid[0].1.clone();
+    let d_id = laid[3].1.clone();
     let b_settings = laid[1].0.path().join("klp/klp_settings.yaml");
     let mut s = std::fs::read_to_string(&b_settings).unwrap();
-    s.push_str(&format!("remote_roles:\n  peers:\n    {a_id}: viewer\n"));
+    s.push_str(&format!(
+        "remote_roles:\n  peers:\n    {a_id}: viewer\n    {d_id}: admin\n"
+    ));
     std::fs::write(&b_settings, s).unwrap();
     let mut nodes = Vec::new();
     for (dir, id, p2p) in laid {
         nodes.push(boot(dir, id, p2p).await);
     }
-    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
-    for n in [a, c] {
+    let (a, b, c, d) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
+    for n in [a, c, d] {
         let url = format!("{}/api/peers/{}", n.base, b.id);
         wait_until("admitted to b", Duration::from_secs(20), async || {
             let r = n.http.get(&url).send().await.unwrap();
@@ -356,6 +360,26 @@ async fn peers_call_each_other_with_the_role_the_callee_grants() {
         .await
         .unwrap();
     assert_eq!(v["status"], 403, "{v}");
+    // Even an admin peer cannot make b sign federation ops or call out as b.
+    for path in [
+        format!("/api/peers/{}/approve", a.id),
+        format!("/api/peers/{}/call", a.id),
+        "/api/config/publish".to_string(),
+    ] {
+        let v: Value = call(d, json!({"method": "POST", "path": path, "body": {}}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["status"], 403, "{path}: {v}");
+        assert_eq!(v["body"]["type"], "urn:kos:problem:local-only", "{v}");
+    }
+    let v: Value = call(d, json!({"method": "GET", "path": "/api/config/status"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], 200, "{v}");
     // A peer that is not connected cannot be called.
     let stranger = kos_node::identity::Identity::generate().unwrap().id();
     let r = a

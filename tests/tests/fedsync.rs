@@ -873,3 +873,57 @@ async fn forged_ops_are_refused_by_every_node_and_their_sender_is_cut_off() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_larger_than_one_sync_page_converges_after_a_partition() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = mesh(root.path(), 2, &[0, 1]).await;
+    let full: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| line(&n.id, &n.p2p, &format!("node-{i}")))
+        .collect();
+    let publish = async |n: &Node, i: usize| {
+        let blob = format!("{i}").repeat(120 * 1024);
+        let content =
+            format!("agents:\n  translatorAgent:\n    settings:\n      blob: \"{blob}\"\n");
+        let (s, b) = n
+            .post(
+                "/api/config/publish",
+                json!({"scope": "agents", "content": content}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    };
+    // ~1 MiB of snapshots both nodes hold: more than one 768 KiB sync page.
+    for i in 0..8 {
+        publish(&nodes[0], i).await;
+    }
+    wait_until("both hold 8 ops", async || nodes[1].fed().await["ops"] == 8).await;
+    nodes[0].set_local_peers(&format!("{}!{}\n", full[0], nodes[1].id));
+    nodes[1].set_local_peers(&format!("{}!{}\n", full[1], nodes[0].id));
+    for n in &nodes {
+        wait_until("partitioned", async || n.admitted().await.is_empty()).await;
+    }
+    // One new op on each side: neither knows the other's heads, so the first page of each
+    // answer is ops the asker already holds.
+    publish(&nodes[0], 8).await;
+    let p = random_peer();
+    let (s, _) = nodes[1]
+        .post(&format!("/api/peers/{p}/approve"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    for n in &nodes {
+        n.set_local_peers(&full.concat());
+    }
+    for n in &nodes {
+        wait_until("converged", async || {
+            let f = n.fed().await;
+            f["ops"] == 10 && ids(&f, "approved") == vec![p.clone()]
+        })
+        .await;
+    }
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}

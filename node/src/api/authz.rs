@@ -26,6 +26,18 @@ use crate::auth::{AuthError, Principal, Role};
 
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
+/// Routes a peer can never call over KLP (see [`authorize`]).
+pub const LOCAL_ONLY: &[&str] = &[
+    "/api/peers/{id}/call",
+    "/api/peers/{id}/approve",
+    "/api/peers/{id}/revoke",
+    "/api/config/publish",
+    "/api/config/publish/rollback",
+    "/api/federation/ops",
+    "/api/federation/draft",
+    "/api/federation/admins",
+];
+
 /// The role a route needs; `None` is open.
 pub fn required_role(method: &Method, route: &str, metrics_auth: MetricsAuth) -> Option<Role> {
     match (method.as_str(), route) {
@@ -119,6 +131,17 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
     // A call from a peer over KLP carries the identity MAP verified and the role this node's
     // `remote_roles` grants it; it never falls back to "open".
     if let Some(RemoteCaller(p)) = req.extensions().get::<RemoteCaller>().cloned() {
+        // Routes that sign with this node's keys for the whole federation (or call out as
+        // this node) are for this node's own operators only, whatever role a peer has.
+        if req.method() == Method::POST && LOCAL_ONLY.contains(&route.as_str()) {
+            return Problem::new(
+                StatusCode::FORBIDDEN,
+                "urn:kos:problem:local-only",
+                "Forbidden",
+                "this action signs with this node's keys; it cannot be called by a peer over KLP",
+            )
+            .into_response();
+        }
         let needed = required_role(req.method(), &route, state.boot.config.api.metrics_auth);
         if let Some(needed) = needed
             && p.role < needed
