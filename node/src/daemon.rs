@@ -71,8 +71,8 @@ pub fn capabilities() -> kos_config::Capabilities {
     kos_config::Capabilities {
         postgres: cfg!(feature = "postgres"),
         redis: false,
-        qdrant: false,
-        embedded_vector: false,
+        qdrant: cfg!(feature = "qdrant"),
+        embedded_vector: true,
         api_auth: true,
     }
 }
@@ -91,6 +91,8 @@ pub struct NodeState {
     pub metrics: Arc<Metrics>,
     /// The KLP swarm, when the profile enables it.
     pub klp: Option<kos_klp::Klp>,
+    /// The vector store (`storage.vector`), unless `none`.
+    pub vectors: Option<Arc<dyn crate::vector::VectorStore>>,
     /// Verifies API callers' tokens.
     pub auth: crate::auth::Authenticator,
     pub started: Instant,
@@ -335,6 +337,7 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
     let db = Db::open(&cfg.database, kind, dir.root())
         .await
         .context("opening the database")?;
+    let vectors = open_vectors(cfg, dir.root()).await?;
 
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
@@ -396,6 +399,7 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
         boot: boot.clone(),
         metrics,
         klp,
+        vectors,
         auth,
         started: Instant::now(),
         started_at,
@@ -499,6 +503,28 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
         shutdown,
         task,
     })
+}
+
+/// Opens the configured vector store. The embedded engine must open (its file is local); a
+/// Qdrant server that does not answer yet is only a warning: each call reports it, and the
+/// client reconnects by itself.
+async fn open_vectors(
+    cfg: &kos_config::model::Config,
+    dir: &std::path::Path,
+) -> Result<Option<Arc<dyn crate::vector::VectorStore>>> {
+    let store = crate::vector::open(cfg, dir)
+        .await
+        .context("opening the vector store")?;
+    if let Some(s) = &store {
+        match s.health().await {
+            Ok(h) => info!(backend = s.backend(), status = %h, "vector store ready"),
+            Err(e) if s.backend() == "embedded" => {
+                return Err(e).context("checking the embedded vector store");
+            }
+            Err(e) => warn!(backend = s.backend(), error = %e, "vector store not reachable yet"),
+        }
+    }
+    Ok(store)
 }
 
 /// Runs a node until Ctrl-C or SIGTERM; SIGHUP reloads the configuration from disk.
