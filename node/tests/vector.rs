@@ -882,3 +882,71 @@ async fn daemon_opens_the_embedded_store() {
     assert!(!dir2.path().join("data").join(SQLITE_FILE).exists());
     node.stop().await.unwrap();
 }
+
+/// A Qdrant server that is not there, or does not answer, gives an error naming the URL and
+/// the cause within the configured timeouts (no server needed for this one).
+#[cfg(feature = "qdrant")]
+#[tokio::test]
+async fn qdrant_unreachable_or_silent_server_is_a_clear_error() {
+    use std::time::{Duration, Instant};
+
+    use kos_node::vector::qdrant::{QdrantStore, Timeouts};
+    let timeouts = Timeouts {
+        connect: Duration::from_millis(500),
+        request: Duration::from_secs(1),
+    };
+    // Nothing listens on a port that was just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let s = QdrantStore::connect(&url, Some("k3y-never-printed".into()), timeouts).unwrap();
+    assert!(!format!("{s:?}").contains("k3y-never-printed"));
+    let err = s.health().await.unwrap_err();
+    assert!(matches!(err, VectorError::Unavailable { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("the vector store at {url} is unavailable: ")),
+        "{text}"
+    );
+    assert!(!err.is_client_error());
+    let spec = CollectionSpec {
+        name: "c".into(),
+        dimension: 2,
+        distance: Distance::Dot,
+    };
+    let err = s.create_collection(&spec).await.unwrap_err();
+    assert!(matches!(err, VectorError::Unavailable { .. }), "{err}");
+    // Input is still checked first, without a round trip.
+    let bad = CollectionSpec {
+        name: "a/b".into(),
+        ..spec.clone()
+    };
+    assert!(matches!(
+        s.create_collection(&bad).await,
+        Err(VectorError::InvalidName { .. })
+    ));
+
+    // A server that accepts connections and never answers: the request timeout ends the call.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let s = QdrantStore::connect(&url, None, timeouts).unwrap();
+    let t = Instant::now();
+    let err = s.health().await.unwrap_err();
+    assert!(matches!(err, VectorError::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains(&url), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    held.abort();
+
+    // A malformed URL is refused at once.
+    let err = QdrantStore::connect("http://[::1", None, timeouts).unwrap_err();
+    assert!(err.to_string().contains("invalid vector.url"), "{err}");
+}

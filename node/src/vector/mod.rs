@@ -398,7 +398,7 @@ pub fn validate_vector(spec: &CollectionSpec, what: &str, v: &[f32]) -> Result<(
     if spec.distance == Distance::Cosine {
         let norm: f64 = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum();
         // Also refuses vectors so small their normalized form would not be finite.
-        if !(norm.sqrt() as f32 > f32::MIN_POSITIVE) {
+        if norm.sqrt() as f32 <= f32::MIN_POSITIVE {
             return Err(VectorError::ZeroVector { what: what.into() });
         }
     }

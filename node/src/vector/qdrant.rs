@@ -113,6 +113,12 @@ impl QdrantStore {
                 url: self.url.clone(),
                 reason: format!("cannot connect: {msg}"),
             },
+            // qdrant-client reports a failed connect as `Internal` ("Failed to connect to
+            // URL: <transport error>"); the TLS setup failing is `Internal` too.
+            Code::Internal if msg.starts_with("Failed to connect") => VectorError::Unavailable {
+                url: self.url.clone(),
+                reason: connect_reason(msg),
+            },
             Code::DeadlineExceeded | Code::Cancelled => VectorError::Unavailable {
                 url: self.url.clone(),
                 reason: format!(
@@ -350,6 +356,24 @@ impl QdrantStore {
             })
             .collect()
     }
+}
+
+/// The useful part of a transport error's debug text: "connection refused", "timed out"...
+fn connect_reason(msg: &str) -> String {
+    let lower = msg.to_ascii_lowercase();
+    let why = [
+        ("connection refused", "connection refused"),
+        ("timed out", "connect timed out"),
+        ("timeout", "connect timed out"),
+        ("dns error", "cannot resolve the host name"),
+        ("failed to lookup", "cannot resolve the host name"),
+        ("certificate", "TLS certificate rejected"),
+        ("tls", "TLS handshake failed"),
+    ]
+    .iter()
+    .find(|(needle, _)| lower.contains(needle))
+    .map_or("cannot connect", |(_, why)| why);
+    format!("{why} ({msg})")
 }
 
 impl VectorStore for QdrantStore {
