@@ -950,3 +950,114 @@ async fn qdrant_unreachable_or_silent_server_is_a_clear_error() {
     let err = QdrantStore::connect("http://[::1", None, timeouts).unwrap_err();
     assert!(err.to_string().contains("invalid vector.url"), "{err}");
 }
+
+/// `/api/vectors` over the embedded engine: the whole cycle and its problem+json errors.
+#[tokio::test]
+async fn http_api_over_the_embedded_store() {
+    use kos_node::daemon::{NodeOptions, start};
+    use reqwest::StatusCode;
+    let dir = tempfile::tempdir().unwrap();
+    kos_config::layout::init_layout(dir.path(), kos_config::ProfileKind::Standalone).unwrap();
+    let profile = dir.path().join("profiles/standalone.yaml");
+    let text = std::fs::read_to_string(&profile).unwrap();
+    std::fs::write(
+        &profile,
+        text.replace("  vector: none", "  vector: embedded"),
+    )
+    .unwrap();
+    let node = start(NodeOptions::local(dir.path())).await.unwrap();
+    let base = format!("http://{}/api/vectors", node.addr);
+    let http = reqwest::Client::new();
+
+    let r = http
+        .post(&base)
+        .json(&json!({"name": "docs", "dimension": 2, "distance": "dot"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"name": "docs", "dimension": 2, "distance": "dot", "points": 0})
+    );
+    let r = http
+        .post(&base)
+        .json(&json!({"name": "docs", "dimension": 2, "distance": "dot"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let r = http
+        .post(&base)
+        .json(&json!({"name": "x", "dimension": 2, "distance": "manhattan"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    let r = http
+        .put(format!("{base}/docs/points"))
+        .json(&json!({"points": [
+            {"id": 1, "vector": [1.0, 0.0], "payload": {"lang": "en"}},
+            {"id": 2, "vector": [2.0, 0.0], "payload": {"lang": "fr"}},
+            {"id": 3, "vector": [3.0, 0.0]}
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http
+        .post(format!("{base}/docs/search"))
+        .json(&json!({"vector": [1.0, 0.0], "limit": 2, "filter": {"must": [{"key": "lang", "match": "en"}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"results": [{"id": 1, "score": 1.0, "payload": {"lang": "en"}}]})
+    );
+
+    // A wrong dimension is a 400 problem naming the point.
+    let r = http
+        .put(format!("{base}/docs/points"))
+        .json(&json!({"points": [{"id": 9, "vector": [1.0, 2.0, 3.0]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["detail"],
+        "point 9: the vector has 3 dimensions, collection `docs` expects 2"
+    );
+
+    let r = http
+        .post(format!("{base}/docs/points/delete"))
+        .json(&json!({"ids": [1, 2]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http.get(format!("{base}/docs")).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["points"], 1);
+    let r = http.get(&base).send().await.unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["backend"], "embedded");
+    assert_eq!(body["collections"][0]["name"], "docs");
+
+    let r = http.delete(format!("{base}/docs")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = http.delete(format!("{base}/docs")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = http
+        .post(format!("{base}/docs/search"))
+        .json(&json!({"vector": [1.0, 0.0], "limit": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    node.stop().await.unwrap();
+}

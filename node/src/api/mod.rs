@@ -20,6 +20,11 @@
 //! | GET | `/api/peers/{id}` | one peer |
 //! | POST | `/api/peers/dial` | dial a multiaddr (admission still goes through MAP) |
 //! | POST | `/api/peers/{id}/call` | call an admitted peer's API as this node (admin) |
+//! | GET/POST | `/api/vectors` | vector store: backend and collections / create a collection (admin) |
+//! | GET/DELETE | `/api/vectors/{name}` | one collection / delete it (admin) |
+//! | PUT | `/api/vectors/{name}/points` | upsert points (admin) |
+//! | POST | `/api/vectors/{name}/points/delete` | delete points by id (admin) |
+//! | POST | `/api/vectors/{name}/search` | top-k search with a payload filter (admin) |
 
 pub mod authz;
 mod config;
@@ -27,6 +32,7 @@ mod ops;
 mod peers;
 pub mod problem;
 mod profiles;
+mod vectors;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,6 +85,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/peers/dial", post(peers::dial))
         .route("/api/peers/{id}", get(peers::read))
         .route("/api/peers/{id}/call", post(peers::call))
+        .route("/api/vectors", get(vectors::list).post(vectors::create))
+        .route(
+            "/api/vectors/{name}",
+            get(vectors::read).delete(vectors::delete),
+        )
+        .route("/api/vectors/{name}/points", put(vectors::upsert))
+        .route(
+            "/api/vectors/{name}/points/delete",
+            post(vectors::delete_points),
+        )
+        .route("/api/vectors/{name}/search", post(vectors::search))
         .route(authz::METADATA_PATH, get(authz::metadata))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
