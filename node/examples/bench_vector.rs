@@ -5,9 +5,9 @@
 //! mix. One size: `... --example bench_vector -- 10000`.
 //!
 //! Per size: upsert throughput into a new SQLite file (batches of 1000, one fsynced
-//! transaction each), reopen time (loading every vector into memory), search latency (top 10,
-//! 200 random queries) without a filter and with a filter matching 10% of the points, the
-//! resident memory after reopen, and the file size.
+//! transaction each) and the file size after close; then, in a fresh process, reopen time
+//! (loading every vector into memory), the resident memory that adds, and search latency (top
+//! 10, 200 random queries) without a filter and with a filter matching 10% of the points.
 
 use std::time::{Duration, Instant};
 
@@ -77,11 +77,8 @@ async fn latencies(store: &dyn VectorStore, rng: &mut Rng, filter: Filter) -> (f
     (pct(&times, 0.5), pct(&times, 0.99))
 }
 
-async fn one(n: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join(SQLITE_FILE);
-    let mut rng = Rng(0x5EED ^ n as u64);
-    let points: Vec<Point> = (0..n as u64)
+fn points(n: usize, rng: &mut Rng) -> Vec<Point> {
+    (0..n as u64)
         .map(|i| Point {
             id: i,
             vector: rng.vector(),
@@ -90,8 +87,16 @@ async fn one(n: usize) -> Result<(), Box<dyn std::error::Error>> {
                 .cloned()
                 .unwrap_or_default(),
         })
-        .collect();
+        .collect()
+}
 
+/// Writes `n` points into a new file, then measures reading in a fresh process (so that the
+/// memory of the write phase does not count).
+async fn write(n: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join(SQLITE_FILE);
+    let mut rng = Rng(0x5EED ^ n as u64);
+    let points = points(n, &mut rng);
     let store = EmbeddedStore::open(&path).await?;
     store
         .create_collection(&CollectionSpec {
@@ -104,17 +109,34 @@ async fn one(n: usize) -> Result<(), Box<dyn std::error::Error>> {
     for chunk in points.chunks(BATCH) {
         store.upsert("bench", chunk).await?;
     }
-    let upsert = t.elapsed();
+    let rate = n as f64 / t.elapsed().as_secs_f64();
     store.close().await;
     drop(store);
-    drop(points);
+    let file = std::fs::metadata(&path)?.len()
+        + std::fs::metadata(path.with_extension("db-wal")).map_or(0, |m| m.len());
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .args(["read", &n.to_string(), &path.display().to_string()])
+        .arg(format!("{rate:.0}"))
+        .arg(format!("{:.1}", file as f64 / 1048576.0))
+        .status()?;
+    if !status.success() {
+        return Err(format!("the read phase failed: {status}").into());
+    }
+    Ok(())
+}
 
+async fn read(
+    n: usize,
+    path: &str,
+    rate: &str,
+    file: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut rng = Rng(0xFEED ^ n as u64);
     let rss_before = rss_kib();
     let t = Instant::now();
-    let store = EmbeddedStore::open(&path).await?;
+    let store = EmbeddedStore::open(std::path::Path::new(path)).await?;
     let reopen = t.elapsed();
     let rss_after = rss_kib();
-
     let (p50, p99) = latencies(&store, &mut rng, Filter::default()).await;
     let filter = Filter {
         must: vec![Condition {
@@ -123,11 +145,8 @@ async fn one(n: usize) -> Result<(), Box<dyn std::error::Error>> {
         }],
     };
     let (fp50, fp99) = latencies(&store, &mut rng, filter).await;
-    let file = std::fs::metadata(&path)?.len()
-        + std::fs::metadata(path.with_extension("db-wal")).map_or(0, |m| m.len());
     println!(
-        "| {n} | {:.0} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} | {:.1} | {:.1} |",
-        n as f64 / upsert.as_secs_f64(),
+        "| {n} | {rate} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} | {:.1} | {file} |",
         reopen.as_secs_f64(),
         p50 / 1000.0,
         p99 / 1000.0,
@@ -135,18 +154,23 @@ async fn one(n: usize) -> Result<(), Box<dyn std::error::Error>> {
         fp99 / 1000.0,
         store.vector_bytes() as f64 / 1048576.0,
         rss_after.saturating_sub(rss_before) as f64 / 1024.0,
-        file as f64 / 1048576.0,
     );
     Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if let Some(n) = std::env::args().nth(1) {
-        return one(n.parse()?).await;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [n] => return write(n.parse()?).await,
+        [cmd, n, path, rate, file] if cmd == "read" => {
+            return read(n.parse()?, path, rate, file).await;
+        }
+        [] => {}
+        _ => return Err("usage: bench_vector [POINTS]".into()),
     }
     println!(
-        "| points | upsert points/s | reopen s | search p50 ms | search p99 ms | filtered p50 ms | filtered p99 ms | vectors MiB | RSS after reopen MiB | file MiB |"
+        "| points | upsert points/s | reopen s | search p50 ms | search p99 ms | filtered p50 ms | filtered p99 ms | vectors MiB | RSS growth at reopen MiB | file MiB |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let exe = std::env::current_exe()?;

@@ -14,4 +14,6 @@ CREATE TABLE vector_points (
     vector BLOB NOT NULL,
     payload TEXT NOT NULL,
     PRIMARY KEY (collection, id)
-) WITHOUT ROWID;
+);
+-- A rowid table, not WITHOUT ROWID: rows of 1.5 KiB and more (384 floats) are what SQLite
+-- advises against for WITHOUT ROWID tables (they spill to overflow pages).

@@ -328,6 +328,18 @@ impl EmbeddedStore {
                 distance,
             });
             let d = dimension as usize;
+            // Reserve once: growing by doubling would leave up to twice the memory behind.
+            let count: i64 =
+                sqlx::query("SELECT COUNT(*) FROM vector_points WHERE collection = $1")
+                    .bind(&name)
+                    .fetch_one(db)
+                    .await?
+                    .try_get(0)?;
+            let count = usize::try_from(count).unwrap_or(0);
+            c.ids.reserve_exact(count);
+            c.payloads.reserve_exact(count);
+            c.index.reserve(count);
+            c.data.reserve_exact(count.saturating_mul(d));
             // Keyset pages over the primary key: rows with id >= `from`.
             let mut from = Some(i64::MIN);
             while let Some(start) = from {
@@ -375,7 +387,6 @@ impl EmbeddedStore {
                     break;
                 }
             }
-            c.data.shrink_to_fit();
             loaded.insert(name, Arc::new(RwLock::new(c)));
         }
         *write(&self.collections)? = loaded;
