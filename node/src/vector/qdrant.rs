@@ -14,8 +14,8 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use qdrant_client::qdrant::{
-    self as q, CreateCollectionBuilder, DeletePointsBuilder, PointStruct, PointsIdsList,
-    QueryPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder,
+    self as q, CountPointsBuilder, CreateCollectionBuilder, DeletePointsBuilder, PointStruct,
+    PointsIdsList, QueryPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use serde_json::{Map, Value};
@@ -203,10 +203,15 @@ impl QdrantStore {
             distance,
         };
         self.remember(spec.clone());
-        Ok(CollectionInfo {
-            spec,
-            points: info.points_count.unwrap_or(0),
-        })
+        // `points_count` in the collection info may be an estimate; count exactly.
+        let points = self
+            .client
+            .count(CountPointsBuilder::new(name).exact(true))
+            .await
+            .map_err(|e| self.error(e, Some(name)))?
+            .result
+            .map_or(0, |r| r.count);
+        Ok(CollectionInfo { spec, points })
     }
 
     async fn spec(&self, name: &str) -> Result<CollectionSpec, VectorError> {
