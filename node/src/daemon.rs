@@ -492,6 +492,11 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
             .put("last_clean_stop_ms", &crate::store::now_ms().to_string())
             .await;
         st.db.close().await;
+        if let Some(v) = &st.vectors
+            && let Err(e) = v.close().await
+        {
+            warn!(error = %e, "closing the vector store");
+        }
         info!("stopped");
         Ok(())
     });

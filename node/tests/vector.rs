@@ -864,9 +864,16 @@ async fn daemon_opens_the_embedded_store() {
         .upsert("docs", &[point(1, &[1.0, 0.0], json!({"title": "a"}))])
         .await
         .unwrap();
-    drop(vectors);
+    assert!(dir.path().join("data/vectors.db-wal").exists());
     node.stop().await.unwrap();
     assert!(dir.path().join("data").join(SQLITE_FILE).is_file());
+    // Closed at shutdown even though a handle is still held here: the WAL was checkpointed
+    // into the file and removed.
+    assert!(
+        !dir.path().join("data/vectors.db-wal").exists(),
+        "the vector store was not closed"
+    );
+    drop(vectors);
 
     let node = start(NodeOptions::local(dir.path())).await.unwrap();
     let vectors = node.state.vectors.clone().unwrap();

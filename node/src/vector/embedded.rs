@@ -609,6 +609,15 @@ impl VectorStore for EmbeddedStore {
     fn delete_points<'a>(&'a self, collection: &'a str, ids: &'a [u64]) -> VectorFuture<'a, ()> {
         Box::pin(self.remove_points(collection, ids))
     }
+
+    fn close(&self) -> VectorFuture<'_, ()> {
+        Box::pin(async move {
+            // Wait for a write in progress, then checkpoint the WAL and close the file.
+            let _w = self.write.lock().await;
+            EmbeddedStore::close(self).await;
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]

@@ -304,6 +304,10 @@ pub trait VectorStore: Send + Sync + std::fmt::Debug {
     ) -> VectorFuture<'a, Vec<ScoredPoint>>;
     /// Deletes points by id; unknown ids are ignored.
     fn delete_points<'a>(&'a self, collection: &'a str, ids: &'a [u64]) -> VectorFuture<'a, ()>;
+    /// Releases files and connections at shutdown (every write is already durable).
+    fn close(&self) -> VectorFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Opens the store the configuration asks for (`storage.vector`), or `None` for `none`.
