@@ -71,8 +71,8 @@ pub fn capabilities() -> kos_config::Capabilities {
     kos_config::Capabilities {
         postgres: cfg!(feature = "postgres"),
         redis: cfg!(feature = "redis"),
-        qdrant: false,
-        embedded_vector: false,
+        qdrant: cfg!(feature = "qdrant"),
+        embedded_vector: true,
         api_auth: true,
     }
 }
@@ -93,6 +93,8 @@ pub struct NodeState {
     pub klp: Option<kos_klp::Klp>,
     /// Federation sync (with KLP).
     pub fed: Option<crate::fedsync::FedSync>,
+    /// The vector store (`storage.vector`), unless `none`.
+    pub vectors: Option<Arc<dyn crate::vector::VectorStore>>,
     /// Verifies API callers' tokens.
     pub auth: crate::auth::Authenticator,
     pub started: Instant,
@@ -372,6 +374,7 @@ pub async fn start_with_shutdown(
     )
     .await
     .context("opening the database")?;
+    let vectors = open_vectors(cfg, dir.root()).await?;
 
     let metrics = Arc::new(Metrics::new());
     let mut fed_start = None;
@@ -449,6 +452,7 @@ pub async fn start_with_shutdown(
         metrics,
         klp,
         fed,
+        vectors,
         auth,
         started: Instant::now(),
         started_at,
@@ -557,6 +561,11 @@ pub async fn start_with_shutdown(
             .await;
         st.bus.shutdown().await;
         st.db.close().await;
+        if let Some(v) = &st.vectors
+            && let Err(e) = v.close().await
+        {
+            warn!(error = %e, "closing the vector store");
+        }
         info!("stopped");
         Ok(())
     });
@@ -568,6 +577,28 @@ pub async fn start_with_shutdown(
         shutdown,
         task,
     })
+}
+
+/// Opens the configured vector store. The embedded engine must open (its file is local); a
+/// Qdrant server that does not answer yet is only a warning: each call reports it, and the
+/// client reconnects by itself.
+async fn open_vectors(
+    cfg: &kos_config::model::Config,
+    dir: &std::path::Path,
+) -> Result<Option<Arc<dyn crate::vector::VectorStore>>> {
+    let store = crate::vector::open(cfg, dir)
+        .await
+        .context("opening the vector store")?;
+    if let Some(s) = &store {
+        match s.health().await {
+            Ok(h) => info!(backend = s.backend(), status = %h, "vector store ready"),
+            Err(e) if s.backend() == "embedded" => {
+                return Err(e).context("checking the embedded vector store");
+            }
+            Err(e) => warn!(backend = s.backend(), error = %e, "vector store not reachable yet"),
+        }
+    }
+    Ok(store)
 }
 
 /// Runs a node until Ctrl-C or SIGTERM; SIGHUP reloads the configuration from disk.

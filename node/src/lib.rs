@@ -3,6 +3,7 @@
 //! - [`daemon`]: start-up order, shared [`daemon::NodeState`], hot reload, graceful shutdown.
 //! - [`api`]: the axum HTTP API (this is the only crate that uses axum).
 //! - [`store`]: the database (SQLite, PostgreSQL) behind repository traits.
+//! - [`vector`]: the vector store (embedded exact search, or a Qdrant server).
 //! - [`identity`]: the node's ed25519 key.
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and `tracing` logs.
 //! - [`cli`]: `kos` subcommands.
@@ -23,3 +24,4 @@ pub mod store;
 pub mod telemetry;
 pub mod testnet;
 pub mod testnet_docker;
+pub mod vector;

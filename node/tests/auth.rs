@@ -1190,6 +1190,29 @@ fn routes() -> Vec<RouteCase> {
             Some("{}"),
             R(Role::Admin),
         ),
+        // Vectors are admin only, reads included (409 here: no vector store configured).
+        c(Method::GET, "/api/vectors", None, R(Role::Admin)),
+        c(Method::POST, "/api/vectors", Some("{}"), R(Role::Admin)),
+        c(Method::GET, "/api/vectors/docs", None, R(Role::Admin)),
+        c(Method::DELETE, "/api/vectors/docs", None, R(Role::Admin)),
+        c(
+            Method::PUT,
+            "/api/vectors/docs/points",
+            Some(r#"{"points": []}"#),
+            R(Role::Admin),
+        ),
+        c(
+            Method::POST,
+            "/api/vectors/docs/points/delete",
+            Some(r#"{"ids": []}"#),
+            R(Role::Admin),
+        ),
+        c(
+            Method::POST,
+            "/api/vectors/docs/search",
+            Some(r#"{"vector": [1.0], "limit": 1}"#),
+            R(Role::Admin),
+        ),
     ]
 }
 

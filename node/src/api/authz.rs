@@ -6,6 +6,7 @@
 //! | `/metrics` | open, or viewer with `api.metrics_auth: viewer` |
 //! | every `GET`, `PUT /api/config/validate` | viewer |
 //! | `POST /api/peers/dial` | operator |
+//! | `/api/vectors/...`, every method (vectors may hold private data) | admin |
 //! | config apply and rollback, profile create/update/delete, anything else | admin |
 //!
 //! A missing or invalid token is 401 with `WWW-Authenticate: Bearer ...` (RFC 6750, with the
@@ -46,6 +47,8 @@ pub fn required_role(method: &Method, route: &str, metrics_auth: MetricsAuth) ->
             MetricsAuth::None => None,
             MetricsAuth::Viewer => Some(Role::Viewer),
         },
+        // Vector collections may hold private data: reading them is admin too.
+        (_, r) if r == "/api/vectors" || r.starts_with("/api/vectors/") => Some(Role::Admin),
         ("GET" | "HEAD", _) | ("PUT", "/api/config/validate") => Some(Role::Viewer),
         ("POST", "/api/peers/dial") => Some(Role::Operator),
         // Everything that changes the node, and anything not listed: admin.

@@ -30,6 +30,11 @@
 //! | POST | `/api/federation/ops` | submit an op signed elsewhere (admin) |
 //! | POST | `/api/federation/draft` | an unsigned admin-set op to co-sign (admin) |
 //! | POST | `/api/federation/admins` | add/remove an admin with this node's key (admin) |
+//! | GET/POST | `/api/vectors` | vector store: backend and collections / create a collection (admin) |
+//! | GET/DELETE | `/api/vectors/{name}` | one collection / delete it (admin) |
+//! | PUT | `/api/vectors/{name}/points` | upsert points (admin) |
+//! | POST | `/api/vectors/{name}/points/delete` | delete points by id (admin) |
+//! | POST | `/api/vectors/{name}/search` | top-k search with a payload filter (admin) |
 
 pub mod authz;
 mod config;
@@ -38,6 +43,7 @@ mod ops;
 mod peers;
 pub mod problem;
 mod profiles;
+mod vectors;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,6 +109,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/federation/ops", post(federation::submit))
         .route("/api/federation/draft", post(federation::draft))
         .route("/api/federation/admins", post(federation::admins))
+        .route("/api/vectors", get(vectors::list).post(vectors::create))
+        .route(
+            "/api/vectors/{name}",
+            get(vectors::read).delete(vectors::delete),
+        )
+        .route("/api/vectors/{name}/points", put(vectors::upsert))
+        .route(
+            "/api/vectors/{name}/points/delete",
+            post(vectors::delete_points),
+        )
+        .route("/api/vectors/{name}/search", post(vectors::search))
         .route(authz::METADATA_PATH, get(authz::metadata))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -138,6 +138,11 @@ async fn run(n: usize) -> Result<()> {
             reason: "bench".into(),
         })
         .await?;
+        let mut ws: Vec<_> = nodes.iter().enumerate().filter(|(i, _)| *i != victim).filter_map(|(_, x)| x.state.fed.as_ref().map(|f| f.watch())).collect();
+        for w in &mut ws {
+            let _ = w.wait_for(|v| v.revoked.iter().any(|r| r.id == victim_id)).await;
+        }
+        eprintln!("DBG revoked in all views after {:?}", t.elapsed());
         for rx in &mut events {
             tokio::time::timeout(Duration::from_secs(30), async {
                 loop {
@@ -152,6 +157,7 @@ async fn run(n: usize) -> Result<()> {
             })
             .await
             .context("the revoked node was not disconnected everywhere")??;
+            eprintln!("DBG one disconnected at {:?}", t.elapsed());
         }
         disconnect.push(t.elapsed());
     }
