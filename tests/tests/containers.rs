@@ -20,11 +20,6 @@ use anyhow::{Context, Result, bail};
 use kos_node::testnet_docker;
 use kos_tests::require;
 
-/// Pinned in the test's own override while this branch lacks the Redis and vector backends
-/// (the build rejects `messaging.bus: redis`, `storage.cache: redis` and
-/// `storage.vector: embedded` without their cargo features). Once those branches are merged,
-/// empty this list: the node then runs exactly as docker-compose.local.yml configures it.
-const PRE_MERGE_ENV: &[(&str, &str)] = &[("KOS_STORAGE__VECTOR", "none")];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -305,20 +300,10 @@ fn compose_community_node() {
         ),
     )
     .expect("env file");
-    let mut files = vec![
+    let files = vec![
         repo_root().join("docker-compose.yml"),
         repo_root().join("docker-compose.local.yml"),
     ];
-    if !PRE_MERGE_ENV.is_empty() {
-        let mut o = String::from("services:\n  kos:\n    environment:\n");
-        for (k, v) in PRE_MERGE_ENV {
-            o.push_str(&format!("      {k}: \"{v}\"\n"));
-        }
-        let f = dir.path().join("pre-merge.yml");
-        std::fs::write(&f, o).expect("override");
-        eprintln!("pre-merge override (this build lacks the backends): {PRE_MERGE_ENV:?}");
-        files.push(f);
-    }
     let project = Project {
         compose: pre.compose.clone(),
         name: random_name("kos-test"),
@@ -348,7 +333,7 @@ fn compose_community_node() {
 
     let token = project
         .run(&[
-            "exec", "-T", "kos", "kos", "token", "create", "--role", "viewer", "--ttl", "1h",
+            "exec", "-T", "kos", "kos", "token", "create", "--role", "admin", "--ttl", "1h",
             "--sub", "ci",
         ])
         .expect("token create in the container");
@@ -360,6 +345,10 @@ fn compose_community_node() {
     let (status, health) = http_get(&api, "/api/config/health", Some(&token)).expect("health");
     assert_eq!(status, 200, "{health}");
     assert_eq!(health["checks"]["database"]["status"], "ok");
+    // The in-process vector engine (Qdrant is not run here).
+    let (status, vectors) = http_get(&api, "/api/vectors", Some(&token)).expect("vectors");
+    assert_eq!(status, 200, "{vectors}");
+    assert_eq!(vectors["backend"], "embedded", "{vectors}");
     // The node's database is the compose PostgreSQL.
     assert_eq!(
         node_started_count(&project, &pg_password).expect("psql"),
