@@ -560,6 +560,11 @@ pub async fn start_with_shutdown(
             .put("last_clean_stop_ms", &crate::store::now_ms().to_string())
             .await;
         st.bus.shutdown().await;
+        if let Some(f) = &st.fed
+            && !f.flushed(std::time::Duration::from_secs(5)).await
+        {
+            warn!("federation ops still being stored at shutdown; peers will resend them");
+        }
         st.db.close().await;
         if let Some(v) = &st.vectors
             && let Err(e) = v.close().await

@@ -77,6 +77,8 @@ const REFUSED_KEPT: usize = 256;
 const MAX_STATUS_ERRORS: usize = 50;
 const MAX_STATUS_ERROR_LEN: usize = 500;
 const COMMAND_QUEUE: usize = 64;
+/// Ops waiting to be stored (the actor waits when it is full).
+const PERSIST_QUEUE: usize = 1024;
 const PEERS_LIST_POLL: Duration = Duration::from_millis(500);
 
 /// Why an API request about the federation failed.
@@ -244,6 +246,8 @@ enum Command {
 pub struct FedSync {
     commands: mpsc::Sender<Command>,
     view: watch::Receiver<Arc<FedView>>,
+    /// Turns true when the actor has stopped and every received op is stored.
+    flushed: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Command {
@@ -263,6 +267,15 @@ impl FedSync {
             .await
             .map_err(|_| FedError::Stopped)?;
         rx.await.map_err(|_| FedError::Stopped)
+    }
+
+    /// Waits (at most `limit`) until the stopped actor's ops are all stored: call after the
+    /// shutdown token is cancelled, before the database closes.
+    pub async fn flushed(&self, limit: Duration) -> bool {
+        let mut rx = self.flushed.clone();
+        tokio::time::timeout(limit, rx.wait_for(|done| *done))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The federation as this node sees it now.
@@ -630,14 +643,17 @@ impl FedCore {
 pub fn channel() -> (FedSync, FedParts) {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let (view_tx, view_rx) = watch::channel(Arc::new(FedView::default()));
+    let (flushed_tx, flushed_rx) = watch::channel(false);
     (
         FedSync {
             commands: tx,
             view: view_rx,
+            flushed: flushed_rx,
         },
         FedParts {
             commands: rx,
             view: view_tx,
+            flushed: Some(flushed_tx),
         },
     )
 }
@@ -647,6 +663,7 @@ pub fn channel() -> (FedSync, FedParts) {
 pub struct FedParts {
     commands: mpsc::Receiver<Command>,
     view: watch::Sender<Arc<FedView>>,
+    flushed: Option<watch::Sender<bool>>,
 }
 
 struct Pending {
@@ -693,6 +710,8 @@ struct Actor {
     last_nack_retry: Option<Instant>,
     next_sync: usize,
     sync_results: mpsc::Sender<(NodeId, Result<SyncResponse, String>, u32)>,
+    /// Ops from other nodes to store, in arrival order (parents first).
+    persist: mpsc::Sender<(String, u64, Vec<u8>)>,
     /// What the swarm was last given, and what was last written.
     applied_peers: Option<Vec<PeerEntry>>,
     applied_denied: Option<Vec<NodeId>>,
@@ -713,7 +732,7 @@ fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
 /// admission is missed.
 pub fn spawn(
     core: FedCore,
-    parts: FedParts,
+    mut parts: FedParts,
     node: Arc<NodeState>,
     klp: Klp,
     events: broadcast::Receiver<KlpEvent>,
@@ -722,6 +741,20 @@ pub fn spawn(
     let cfg = node.boot.config.federation.klp.clone();
     let inbound = klp.take_inbound_sync();
     let (results_tx, results_rx) = mpsc::channel(64);
+    let (persist_tx, mut persist_rx) = mpsc::channel::<(String, u64, Vec<u8>)>(PERSIST_QUEUE);
+    let db = node.db.clone();
+    let flushed = parts.flushed.take();
+    tokio::spawn(async move {
+        // Ends when the actor stops (drops its sender), after storing what is queued.
+        while let Some((hash, lamport, bytes)) = persist_rx.recv().await {
+            if let Err(e) = db.insert_op(&hash, lamport, &bytes).await {
+                warn!(op = %hash, error = %e, "cannot store a federation op; after a restart it is fetched again");
+            }
+        }
+        if let Some(f) = flushed {
+            let _ = f.send(true);
+        }
+    });
     let peers_fingerprint = fingerprint(&core.dir.join(PEERS_LIST));
     let mut actor = Actor {
         metrics: node.metrics.clone(),
@@ -742,6 +775,7 @@ pub fn spawn(
         last_nack_retry: None,
         next_sync: 0,
         sync_results: results_tx,
+        persist: persist_tx,
         applied_peers: None,
         applied_denied: None,
         last_state: None,
@@ -920,21 +954,18 @@ impl Actor {
         let hash = op.hash();
         match log.check(&op) {
             Ok(_) => {
-                if let Err(e) = self
-                    .node
-                    .db
-                    .insert_op(&hash.to_string(), op.unsigned.lamport, &op.encode())
-                    .await
-                {
-                    // Not inserted either: anti-entropy brings it again.
-                    warn!(op = %hash, error = %e, "cannot store a federation op; it will be fetched again");
-                    return Ok(false);
-                }
+                // Another node's op is stored by the persister, off the propagation path:
+                // if a crash loses it, anti-entropy brings it again (only this node's own
+                // ops must be on disk before anyone sees them).
+                let record = (hash.to_string(), op.unsigned.lamport, op.encode());
                 if let Some(log) = self.core.log.as_mut()
                     && log.insert(op).is_ok()
                 {
                     Metrics::outcome(&self.metrics.fedlog_ops, "inserted");
                     debug!(op = %hash, "federation op inserted");
+                    if self.persist.send(record).await.is_err() {
+                        warn!(op = %hash, "the op persister has stopped");
+                    }
                     return Ok(true);
                 }
                 Ok(false)
@@ -1471,6 +1502,8 @@ impl Actor {
         if let Some(log) = &self.core.log {
             self.metrics.fedlog_size.set(log.len() as i64);
         }
+        // Readers first: what follows (swarm, files, events, config) takes longer.
+        self.publish_view(state.as_ref());
         // The swarm's approved set.
         let peers = effective_peers(&self.core.peers, state.as_ref());
         if self.applied_peers.as_ref() != Some(&peers) {
@@ -1498,8 +1531,6 @@ impl Actor {
         {
             self.applied_denied = Some(denied);
         }
-        // The view first: what follows (files, events, config) takes longer.
-        self.publish_view(state.as_ref());
         {
             // peers.list's managed section: rewritten whenever it differs from the log
             // (also after an operator's edit carried a stale copy of it); removed when

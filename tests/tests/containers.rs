@@ -20,7 +20,6 @@ use anyhow::{Context, Result, bail};
 use kos_node::testnet_docker;
 use kos_tests::require;
 
-
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
