@@ -75,7 +75,8 @@ fn require<T>(test: &str, what: Result<T, String>) -> Option<T> {
         Ok(v) => Some(v),
         Err(e) if in_ci() => panic!("{test}: required tool unavailable in CI: {e}"),
         Err(e) => {
-            eprintln!("NOT RUN: {test}: {e}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "NOT RUN: {test}: {e}");
             None
         }
     }

@@ -28,7 +28,10 @@ pub fn require<T>(test: &str, service: Result<T>) -> Option<T> {
         Ok(s) => Some(s),
         Err(e) if in_ci() => panic!("{test}: required service unavailable in CI: {e:#}"),
         Err(e) => {
-            eprintln!("NOT RUN: {test}: {e:#}");
+            // Straight to the stderr handle: libtest captures `eprintln!` of passing tests,
+            // and a test that did not run must be visible in a plain `cargo test`.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "NOT RUN: {test}: {e:#}");
             None
         }
     }
