@@ -1636,8 +1636,12 @@ async fn no_secrets_in_logs_in_process() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    // Thread-local: this test's runtime is current-thread, so the node's tasks log here.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // Global, not thread-local: with a scoped subscriber, tests running at the same time on
+    // other threads race with tracing's per-callsite interest cache, and an event of this
+    // test can be dropped. Other tests of this binary then log here too, which only widens
+    // the check. (No other test of this binary installs a subscriber.)
+    tracing::subscriber::set_global_default(subscriber)
+        .expect("the only test here that installs a subscriber");
 
     // HS256 with the secret.
     let hs = Node::start(
