@@ -302,9 +302,9 @@ pub async fn start_with_shutdown(
     }
     let cfg = &loaded.config;
     // peers.list is validated with the configuration, before anything is bound.
-    let approved = if cfg.federation.klp.enabled {
+    let peers_file = if cfg.federation.klp.enabled {
         Some(
-            crate::federation::read_peers_list(dir.root())
+            crate::fedsync::read_peers_file(dir.root())
                 .map_err(|e| anyhow::anyhow!("invalid peers list:\n{}", e.join("\n")))?,
         )
     } else {
@@ -378,11 +378,11 @@ pub async fn start_with_shutdown(
 
     let metrics = Arc::new(Metrics::new());
     let mut fed_start = None;
-    let klp = match approved {
-        Some(_) => {
+    let klp = match peers_file {
+        Some(peers) => {
             // The federation log (from the database) and peers.list decide whom the swarm
             // admits from the first connection on.
-            let core = crate::fedsync::FedCore::open(cfg, &db, dir.root())
+            let core = crate::fedsync::FedCore::open(cfg, &db, dir.root(), peers)
                 .await
                 .context("opening the federation log")?;
             let kc = crate::federation::klp_config(&loaded, &identity, core.effective_peers());

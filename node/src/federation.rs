@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use kos_config::Loaded;
-use kos_config::load::PEERS_LIST;
 use kos_klp::{DiscoveryConfig, Klp, KlpConfig, KlpEvent, ManifestInfo, PeerEntry};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -15,23 +14,10 @@ use tracing::warn;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 
-/// Reads and parses `klp/peers.list`; a missing file is an empty list. Errors name the file
-/// and line.
+/// The operator's approved peers in `klp/peers.list` (both sections are checked); a missing
+/// file is an empty list. Errors name the file and line.
 pub fn read_peers_list(dir: &Path) -> Result<Vec<PeerEntry>, Vec<String>> {
-    let path = dir.join(PEERS_LIST);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(vec![format!("{PEERS_LIST}: cannot read: {e}")]),
-    };
-    // The whole file is checked (both sections); the operator's entries are returned.
-    kos_klp::parse_peers_file(&text)
-        .map(|f| f.local)
-        .map_err(|errs| {
-            errs.iter()
-                .map(|e| format!("{PEERS_LIST}:{}: {}", e.line, e.message))
-                .collect()
-        })
+    crate::fedsync::read_peers_file(dir).map(|f| f.local)
 }
 
 /// The swarm settings for a loaded configuration.

@@ -347,55 +347,18 @@ fn now_ms() -> u64 {
 
 /// Loads a federation admin key (PKCS#8 PEM, mode 0600).
 pub fn load_admin_key(path: &Path) -> Result<SigningKey> {
-    use ed25519_dalek::pkcs8::DecodePrivateKey;
-    let pem = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the admin key {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            anyhow::bail!(
-                "{}: readable by other users (mode {:o}); run `chmod 600` on it",
-                path.display(),
-                mode & 0o777
-            );
-        }
-    }
-    SigningKey::from_pkcs8_pem(&pem)
-        .map_err(|e| anyhow::anyhow!("{}: not an ed25519 PKCS#8 PEM key: {e}", path.display()))
+    Ok(crate::identity::read_key_file(path)?)
 }
 
 /// Creates a new admin key file (never overwrites). Returns the admin id.
 pub fn create_admin_key(path: &Path) -> Result<NodeId> {
-    use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
-    use std::io::Write;
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let key = SigningKey::from_bytes(&seed);
-    let pem = key
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| anyhow::anyhow!("encoding the key: {e}"))?;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).with_context(|| {
-        format!(
-            "creating {} (an existing key is never overwritten)",
+    match crate::identity::create_key_file(path)? {
+        Some(key) => Ok(NodeId::from_public_key(key.verifying_key())),
+        None => anyhow::bail!(
+            "{} exists (an existing key is never overwritten)",
             path.display()
-        )
-    })?;
-    f.write_all(pem.as_bytes())?;
-    f.sync_all()?;
-    Ok(NodeId::from_public_key(key.verifying_key()))
+        ),
+    }
 }
 
 /// Reads and parses `klp/peers.list`; a missing file is empty. Errors name file and line.
@@ -553,12 +516,16 @@ impl std::fmt::Debug for FedCore {
 }
 
 impl FedCore {
-    /// Builds the log from the configured genesis and the ops in the database, reads
-    /// peers.list and the admin key. Every problem is an error naming its source.
-    pub async fn open(cfg: &kos_config::Config, db: &Db, dir: &Path) -> Result<Self> {
+    /// Builds the log from the configured genesis and the ops in the database, and reads the
+    /// admin key; `peers` is peers.list as read at start. Every problem is an error naming
+    /// its source.
+    pub async fn open(
+        cfg: &kos_config::Config,
+        db: &Db,
+        dir: &Path,
+        peers: PeersFile,
+    ) -> Result<Self> {
         let k = &cfg.federation.klp;
-        let peers = read_peers_file(dir)
-            .map_err(|e| anyhow::anyhow!("invalid peers list:\n{}", e.join("\n")))?;
         let key_path = dir.join(ADMIN_KEY_FILE);
         let admin_key = if key_path.exists() {
             Some(load_admin_key(&key_path)?)
@@ -1652,8 +1619,8 @@ impl Actor {
         let _guard = node.change_lock.lock().await;
         let n2 = node.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            let loaded = n2
-                .dir
+            // Validate before writing anything.
+            n2.dir
                 .load_with_federation(&n2.load_opts, &scope_s, tree)
                 .map_err(|d| d.errors().map(|e| e.to_string()).collect::<Vec<_>>())?;
             let path = n2.dir.path(&rel);
@@ -1677,27 +1644,26 @@ impl Actor {
                     }
                     d.errors().map(|e| e.to_string()).collect::<Vec<_>>()
                 })
-                .map(|l| (l, loaded))
         })
         .await
         .map_err(|e| vec![format!("apply task failed: {e}")])??;
-        let (loaded, _) = loaded;
         node.activate(loaded);
         Ok(())
     }
 
     fn publish_view(&self, state: Option<&State>) {
         let blocked: BTreeSet<NodeId> = self.core.peers.blocked.iter().map(|b| b.id).collect();
+        let local_admin = self
+            .core
+            .admin_key
+            .as_ref()
+            .map(|k| NodeId::from_public_key(k.verifying_key()).to_string());
         let view = match (state, &self.core.log) {
             (Some(state), Some(log)) => FedView {
                 enabled: true,
                 admins: state.admins.iter().map(ToString::to_string).collect(),
                 threshold: state.threshold,
-                local_admin: self
-                    .core
-                    .admin_key
-                    .as_ref()
-                    .map(|k| NodeId::from_public_key(k.verifying_key()).to_string()),
+                local_admin: local_admin.clone(),
                 approved: state
                     .approved
                     .iter()
@@ -1739,11 +1705,7 @@ impl Actor {
             },
             _ => FedView {
                 blocked: blocked.iter().map(ToString::to_string).collect(),
-                local_admin: self
-                    .core
-                    .admin_key
-                    .as_ref()
-                    .map(|k| NodeId::from_public_key(k.verifying_key()).to_string()),
+                local_admin: local_admin.clone(),
                 ..FedView::default()
             },
         };

@@ -67,17 +67,7 @@ impl Identity {
 
     /// Loads `<dir>/identity.key`.
     pub fn load(dir: &Path) -> Result<Self, IdentityError> {
-        let path = dir.join(IDENTITY_FILE);
-        let pem = fs::read_to_string(&path).map_err(|source| IdentityError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        check_mode(&path)?;
-        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| IdentityError::Format {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(Self::from_signing_key(key))
+        read_key_file(&dir.join(IDENTITY_FILE)).map(Self::from_signing_key)
     }
 
     /// Loads the key, creating it (mode 0600) if there is none. Never overwrites a key.
@@ -87,39 +77,61 @@ impl Identity {
         if path.exists() {
             return Self::load(dir).map(|i| (i, false));
         }
-        let id = Self::generate()?;
-        let pem = id
-            .key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| IdentityError::Format {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        let io_err = |source| IdentityError::Io {
-            path: path.clone(),
-            source,
-        };
-        fs::create_dir_all(dir).map_err(io_err)?;
-        // create_new: if another process created the key in the meantime, keep theirs.
-        let mut opts = fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
+        match create_key_file(&path)? {
+            Some(key) => Ok((Self::from_signing_key(key), true)),
+            // Another process created the key in the meantime: keep theirs.
+            None => Self::load(dir).map(|i| (i, false)),
         }
-        match opts.open(&path) {
-            Ok(mut f) => {
-                use std::io::Write;
-                f.write_all(pem.as_bytes()).map_err(io_err)?;
-                f.sync_all().map_err(io_err)?;
-                Ok((id, true))
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                Self::load(dir).map(|i| (i, false))
-            }
-            Err(e) => Err(io_err(e)),
+    }
+}
+
+/// Reads an ed25519 PKCS#8 PEM key that only its owner may read (mode 0600). Used for the
+/// identity key and for federation admin keys.
+pub fn read_key_file(path: &Path) -> Result<SigningKey, IdentityError> {
+    let pem = fs::read_to_string(path).map_err(|source| IdentityError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    check_mode(path)?;
+    SigningKey::from_pkcs8_pem(&pem).map_err(|e| IdentityError::Format {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Writes a new random key to `path` (PKCS#8 PEM, mode 0600, fsynced), creating the
+/// directory. Never overwrites: `None` if the file exists.
+pub fn create_key_file(path: &Path) -> Result<Option<SigningKey>, IdentityError> {
+    let key = Identity::generate()?.key;
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| IdentityError::Format {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let io_err = |source| IdentityError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io_err)?;
+    }
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(mut f) => {
+            use std::io::Write;
+            f.write_all(pem.as_bytes()).map_err(io_err)?;
+            f.sync_all().map_err(io_err)?;
+            Ok(Some(key))
         }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(io_err(e)),
     }
 }
 

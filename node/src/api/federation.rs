@@ -100,28 +100,25 @@ pub struct DraftBody {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminBody {
+    action: AdminVerb,
+    admin: String,
+}
+
+#[derive(Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AdminVerb {
     AddAdmin,
     RemoveAdmin,
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
-pub enum AdminAction {
-    AddAdmin { admin: String },
-    RemoveAdmin { admin: String },
-}
-
-impl AdminAction {
-    fn body(self) -> Result<OpBody, Problem> {
+impl AdminVerb {
+    fn body(self, admin: &str) -> Result<OpBody, Problem> {
+        let admin = peer_id(admin)?;
         Ok(match self {
-            Self::AddAdmin { admin } => OpBody::AddAdmin {
-                admin: peer_id(&admin)?,
-            },
-            Self::RemoveAdmin { admin } => OpBody::RemoveAdmin {
-                admin: peer_id(&admin)?,
-            },
+            Self::AddAdmin => OpBody::AddAdmin { admin },
+            Self::RemoveAdmin => OpBody::RemoveAdmin { admin },
         })
     }
 }
@@ -134,11 +131,7 @@ pub async fn draft(
     JsonBody(b): JsonBody<DraftBody>,
 ) -> Result<Response, Problem> {
     let author = peer_id(&b.author)?;
-    let body = match b.action {
-        AdminVerb::AddAdmin => AdminAction::AddAdmin { admin: b.admin },
-        AdminVerb::RemoveAdmin => AdminAction::RemoveAdmin { admin: b.admin },
-    }
-    .body()?;
+    let body = b.action.body(&b.admin)?;
     let bytes = fed(&state)?.draft(author, body).await.map_err(problem)?;
     Ok(super::json(
         StatusCode::OK,
@@ -150,9 +143,9 @@ pub async fn draft(
 /// with this node's admin key alone (enough when the threshold is 1).
 pub async fn admins(
     State(state): State<AppState>,
-    JsonBody(b): JsonBody<AdminAction>,
+    JsonBody(b): JsonBody<AdminBody>,
 ) -> Result<Response, Problem> {
-    let body = b.body()?;
+    let body = b.action.body(&b.admin)?;
     let op = fed(&state)?.create(body).await.map_err(problem)?;
     Ok(created(op))
 }
