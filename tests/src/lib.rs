@@ -342,3 +342,68 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// In-process federation nodes for the multi-node tests (`federation.rs`, `fedsync.rs`).
+pub mod fed {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, Result};
+    use kos_config::ProfileKind;
+
+    /// Lays out a federation_node on SQLite in `dir` with KLP on a free loopback port (no
+    /// discovery, 2 s handshake timeout); `klp_extra` is appended to `klp_settings.yaml`.
+    /// Returns the node's id and its KLP listen address.
+    pub fn layout(dir: &Path, name: &str, klp_extra: &str) -> Result<(String, String)> {
+        kos_config::layout::init_layout(dir, ProfileKind::FederationNode)?;
+        let (identity, _) = kos_node::identity::Identity::load_or_create(dir)?;
+        let p2p = format!("/ip4/127.0.0.1/tcp/{}", super::free_port()?);
+        std::fs::write(
+            dir.join("system.env"),
+            format!(
+                "KOS_PROFILE=federation_node\nKOS_STORAGE__DATABASE=sqlite\nKOS_NODE__NAME={name}\n"
+            ),
+        )?;
+        std::fs::write(
+            dir.join("klp/klp_settings.yaml"),
+            format!(
+                "enabled: true\nhandshake_required: true\npeer_discovery: none\nlisten: [{p2p}]\n\
+                 handshake_timeout: 2s\n{klp_extra}"
+            ),
+        )?;
+        Ok((identity.id().to_string(), p2p))
+    }
+
+    /// An HTTP client that sends an admin token minted with the node's token key.
+    pub fn admin_client(
+        node: &kos_node::daemon::RunningNode,
+        dir: &Path,
+    ) -> Result<reqwest::Client> {
+        let config = node.state.config().config.clone();
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = kos_node::auth::local::mint_for_dir(
+            dir,
+            &config,
+            &node.state.identity.id().to_string(),
+            kos_node::auth::Role::Admin,
+            Duration::from_secs(3600),
+        )? {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().context("token header")?,
+            );
+        }
+        Ok(reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?)
+    }
+
+    /// Polls `f` every 50 ms until it holds; panics naming `what` after `within`.
+    pub async fn wait_until(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while !f().await {
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,11 +1,11 @@
 //! Nodes with KLP, in-process on 127.0.0.1: the peers API, peers.list hot reload, metrics.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kos_config::ProfileKind;
 use kos_node::daemon::{NodeOptions, RunningNode, start};
-use kos_tests::free_port;
+use kos_tests::fed::wait_until;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -19,25 +19,11 @@ struct FedNode {
     p2p: String,
 }
 
-/// Lays out a federation_node on SQLite with KLP on a chosen loopback port.
+/// Lays out a federation_node on SQLite with KLP on a free loopback port.
 fn layout(name: &str) -> (tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    kos_config::layout::init_layout(dir.path(), ProfileKind::FederationNode).unwrap();
-    let (identity, _) = kos_node::identity::Identity::load_or_create(dir.path()).unwrap();
-    let p2p = format!("/ip4/127.0.0.1/tcp/{}", free_port().unwrap());
-    std::fs::write(
-        dir.path().join("system.env"),
-        format!(
-            "KOS_PROFILE=federation_node\nKOS_STORAGE__DATABASE=sqlite\nKOS_NODE__NAME={name}\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("klp/klp_settings.yaml"),
-        format!("enabled: true\nhandshake_required: true\npeer_discovery: none\nlisten: [{p2p}]\nhandshake_timeout: 2s\n"),
-    )
-    .unwrap();
-    (dir, identity.id().to_string(), p2p)
+    let (id, p2p) = kos_tests::fed::layout(dir.path(), name, "").unwrap();
+    (dir, id, p2p)
 }
 
 async fn boot(dir: tempfile::TempDir, id: String, p2p: String) -> FedNode {
@@ -45,26 +31,7 @@ async fn boot(dir: tempfile::TempDir, id: String, p2p: String) -> FedNode {
         .await
         .unwrap();
     let base = format!("http://{}", node.addr);
-    let mut headers = reqwest::header::HeaderMap::new();
-    let config = node.state.config().config.clone();
-    if let Some(t) = kos_node::auth::local::mint_for_dir(
-        dir.path(),
-        &config,
-        &node.state.identity.id().to_string(),
-        kos_node::auth::Role::Admin,
-        Duration::from_secs(3600),
-    )
-    .unwrap()
-    {
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {t}").parse().unwrap(),
-        );
-    }
-    let http = reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap();
+    let http = kos_tests::fed::admin_client(&node, dir.path()).unwrap();
     FedNode {
         node,
         http,
@@ -91,14 +58,6 @@ fn admitted_ids(peers: &Value) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-async fn wait_until(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

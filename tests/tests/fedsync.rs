@@ -5,9 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kos_config::ProfileKind;
 use kos_node::daemon::{NodeOptions, RunningNode, start};
 use kos_tests::free_port;
 use reqwest::StatusCode;
@@ -24,30 +23,21 @@ struct Node {
     p2p: String,
 }
 
-/// A federation_node on SQLite with KLP on a free loopback port; federation admins pinned.
+/// A federation_node with KLP on a free loopback port; federation admins pinned, fast
+/// anti-entropy.
 fn layout(root: &Path, name: &str, admins: &[String]) -> (PathBuf, String, String) {
     let dir = root.join(name);
-    kos_config::layout::init_layout(&dir, ProfileKind::FederationNode).unwrap();
-    let (identity, _) = kos_node::identity::Identity::load_or_create(&dir).unwrap();
-    let p2p = format!("/ip4/127.0.0.1/tcp/{}", free_port().unwrap());
-    std::fs::write(
-        dir.join("system.env"),
-        format!(
-            "KOS_PROFILE=federation_node\nKOS_STORAGE__DATABASE=sqlite\nKOS_NODE__NAME={name}\n"
-        ),
-    )
-    .unwrap();
     let admins: Vec<String> = admins.iter().map(|a| format!("\"{a}\"")).collect();
-    std::fs::write(
-        dir.join("klp/klp_settings.yaml"),
-        format!(
-            "enabled: true\nhandshake_required: true\npeer_discovery: none\nlisten: [{p2p}]\n\
-             handshake_timeout: 2s\nsync_interval: 500ms\nadmins: [{}]\nadmin_threshold: 1\n",
+    let (id, p2p) = kos_tests::fed::layout(
+        &dir,
+        name,
+        &format!(
+            "sync_interval: 500ms\nadmins: [{}]\nadmin_threshold: 1\n",
             admins.join(", ")
         ),
     )
     .unwrap();
-    (dir, identity.id().to_string(), p2p)
+    (dir, id, p2p)
 }
 
 fn admin_key(dir: &Path) -> String {
@@ -59,25 +49,7 @@ fn admin_key(dir: &Path) -> String {
 async fn boot(dir: PathBuf, id: String, p2p: String) -> Node {
     let node = start(NodeOptions::local(dir.clone())).await.unwrap();
     let base = format!("http://{}", node.addr);
-    let config = node.state.config().config.clone();
-    let t = kos_node::auth::local::mint_for_dir(
-        &dir,
-        &config,
-        &id,
-        kos_node::auth::Role::Admin,
-        Duration::from_secs(3600),
-    )
-    .unwrap()
-    .unwrap();
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {t}").parse().unwrap(),
-    );
-    let http = reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap();
+    let http = kos_tests::fed::admin_client(&node, &dir).unwrap();
     Node {
         node: Some(node),
         http,
@@ -165,12 +137,8 @@ fn ids(v: &Value, key: &str) -> Vec<String> {
     out
 }
 
-async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f().await {
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, f: impl AsyncFnMut() -> bool) {
+    kos_tests::fed::wait_until(what, WAIT, f).await;
 }
 
 fn random_peer() -> String {
