@@ -284,13 +284,22 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 
 /// Largest YAML source accepted (config files are small; this bounds memory on bad input).
 pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
-/// Deepest nesting accepted.
+/// Deepest nesting accepted (counted after alias expansion).
 pub const MAX_DEPTH: usize = 64;
+/// Most nodes (scalars, keys, lists, mappings) one document may build, counting every copy
+/// made by an alias and the copy kept for every anchor. Bounds the tree's memory whatever
+/// the aliases ("billion laughs"): at about 100 bytes a node, ~10 MiB.
+pub const MAX_NODES: usize = 100_000;
+/// Most bytes of scalar and key text one document may build, counting alias copies.
+pub const MAX_TEXT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Parses one YAML document into a [`Node`] tree. `source` names the file in diagnostics.
 ///
 /// Rejected, each with its location: syntax errors, more than one document, non-scalar
-/// keys, duplicate keys, merge keys (`<<`), unknown aliases, too deep nesting, too large input.
+/// keys, duplicate keys, merge keys (`<<`), unknown aliases, too deep nesting, too large input,
+/// and documents whose aliases would expand beyond [`MAX_NODES`] nodes, [`MAX_TEXT_BYTES`]
+/// bytes of text or [`MAX_DEPTH`] levels. Expansion is checked before any copy is made, so
+/// a small document cannot make the parser allocate more than those bounds.
 pub fn parse_yaml(text: &str, source: &str) -> Result<Node, Vec<Diagnostic>> {
     let src: Arc<str> = Arc::from(source);
     let whole = Location::new(&src, 1, 1);
@@ -308,6 +317,7 @@ pub fn parse_yaml(text: &str, source: &str) -> Result<Node, Vec<Diagnostic>> {
         src: src.clone(),
         stack: Vec::new(),
         anchors: Vec::new(),
+        budget: Weight::default(),
         root: None,
         docs: 0,
         errors: Vec::new(),
@@ -353,10 +363,65 @@ enum Frame {
     },
 }
 
+/// What a subtree costs: its nodes, its text bytes and its depth (a scalar has depth 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Weight {
+    nodes: usize,
+    bytes: usize,
+    depth: usize,
+}
+
+impl Weight {
+    fn of(node: &Node) -> Weight {
+        match &node.value {
+            Value::Null => Weight {
+                nodes: 1,
+                bytes: 0,
+                depth: 0,
+            },
+            Value::Scalar(s) => Weight {
+                nodes: 1,
+                bytes: s.text.len(),
+                depth: 0,
+            },
+            Value::Seq(items) => items.iter().fold(
+                Weight {
+                    nodes: 1,
+                    bytes: 0,
+                    depth: 1,
+                },
+                |w, n| w.with_child(Weight::of(n), 0),
+            ),
+            Value::Map(entries) => entries.iter().fold(
+                Weight {
+                    nodes: 1,
+                    bytes: 0,
+                    depth: 1,
+                },
+                |w, e| w.with_child(Weight::of(&e.value), e.key.len()),
+            ),
+        }
+    }
+
+    fn with_child(self, child: Weight, key_bytes: usize) -> Weight {
+        Weight {
+            nodes: self.nodes.saturating_add(child.nodes),
+            bytes: self
+                .bytes
+                .saturating_add(child.bytes)
+                .saturating_add(key_bytes),
+            depth: self.depth.max(child.depth.saturating_add(1)),
+        }
+    }
+}
+
 struct Builder {
     src: Arc<str>,
     stack: Vec<Frame>,
-    anchors: Vec<(usize, Node)>,
+    /// Anchored nodes with what one copy of each costs.
+    anchors: Vec<(usize, Node, Weight)>,
+    /// What the document has built so far, alias copies and anchor copies included.
+    budget: Weight,
     root: Option<Node>,
     docs: usize,
     errors: Vec<Diagnostic>,
@@ -376,6 +441,14 @@ impl Builder {
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
+                self.charge(
+                    Weight {
+                        nodes: 1,
+                        bytes: text.len(),
+                        depth: 0,
+                    },
+                    &loc,
+                )?;
                 let tagged_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
                 let quoted = tagged_str || !matches!(style, ScalarStyle::Plain);
                 let value = if !quoted && is_null(&text) {
@@ -390,19 +463,36 @@ impl Builder {
                 self.push(Node::new(value, loc), anchor)?;
             }
             Event::Alias(id) => {
-                let node = self
-                    .anchors
-                    .iter()
-                    .rev()
-                    .find(|(a, _)| *a == id)
-                    .map(|(_, n)| n.clone())
-                    .ok_or_else(|| {
-                        Diagnostic::error(loc.clone(), "", "alias refers to an unknown anchor")
-                    })?;
+                let Some(i) = self.anchors.iter().rposition(|(a, _, _)| *a == id) else {
+                    return Err(Diagnostic::error(
+                        loc,
+                        "",
+                        "alias refers to an unknown anchor",
+                    ));
+                };
+                let weight = self.anchors[i].2;
+                // Checked before the copy is made: a bomb fails here, small.
+                if self.stack.len().saturating_add(weight.depth) > MAX_DEPTH {
+                    return Err(Diagnostic::error(
+                        loc,
+                        "",
+                        format!("this alias nests the document deeper than {MAX_DEPTH} levels"),
+                    ));
+                }
+                self.charge(weight, &loc)?;
+                let node = self.anchors[i].1.clone();
                 self.push(node, 0)?;
             }
             Event::SequenceStart(anchor, _) => {
                 self.check_depth(&loc)?;
+                self.charge(
+                    Weight {
+                        nodes: 1,
+                        bytes: 0,
+                        depth: 0,
+                    },
+                    &loc,
+                )?;
                 self.stack.push(Frame::Seq {
                     node: Node::new(Value::Seq(Vec::new()), loc),
                     anchor,
@@ -410,6 +500,14 @@ impl Builder {
             }
             Event::MappingStart(anchor, _) => {
                 self.check_depth(&loc)?;
+                self.charge(
+                    Weight {
+                        nodes: 1,
+                        bytes: 0,
+                        depth: 0,
+                    },
+                    &loc,
+                )?;
                 self.stack.push(Frame::Map {
                     node: Node::new(Value::Map(Vec::new()), loc),
                     anchor,
@@ -442,9 +540,39 @@ impl Builder {
         Ok(())
     }
 
+    /// Adds `w` to what the document has built; refuses, at `loc`, past the bounds.
+    fn charge(&mut self, w: Weight, loc: &Location) -> Result<(), Diagnostic> {
+        let nodes = self.budget.nodes.saturating_add(w.nodes);
+        let bytes = self.budget.bytes.saturating_add(w.bytes);
+        if nodes > MAX_NODES {
+            return Err(Diagnostic::error(
+                loc.clone(),
+                "",
+                format!(
+                    "the document expands to more than {MAX_NODES} values (aliases count every copy); write it with fewer aliases"
+                ),
+            ));
+        }
+        if bytes > MAX_TEXT_BYTES {
+            return Err(Diagnostic::error(
+                loc.clone(),
+                "",
+                format!(
+                    "the document expands to more than {MAX_TEXT_BYTES} bytes of text (aliases count every copy); write it with fewer aliases"
+                ),
+            ));
+        }
+        self.budget.nodes = nodes;
+        self.budget.bytes = bytes;
+        Ok(())
+    }
+
     fn push(&mut self, node: Node, anchor: usize) -> Result<(), Diagnostic> {
         if anchor != 0 {
-            self.anchors.push((anchor, node.clone()));
+            // The anchor table keeps its own copy: that costs as much as the node.
+            let weight = Weight::of(&node);
+            self.charge(weight, &node.loc)?;
+            self.anchors.push((anchor, node.clone(), weight));
         }
         match self.stack.last_mut() {
             None => {
@@ -547,6 +675,66 @@ mod tests {
         let e = parse_yaml("a: [1, 2\nb: 3\n", "f.yaml").unwrap_err();
         assert!(e[0].location.line >= 1, "{:?}", e);
         assert!(e[0].message.starts_with("invalid YAML"));
+    }
+
+    /// "Billion laughs": nine levels of nine aliases each (432 bytes) would expand to
+    /// 9^9 scalars. It is refused at the alias that crosses the bound, before the copy.
+    fn alias_bomb(levels: usize) -> String {
+        let mut doc = String::from(
+            "a0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        for i in 1..levels {
+            let p = i - 1;
+            let refs = vec![format!("*a{p}"); 9].join(",");
+            doc.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        doc
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_before_they_expand() {
+        let doc = alias_bomb(9);
+        assert!(doc.len() < 512, "{}", doc.len());
+        let e = parse_yaml(&doc, "bomb.yaml").unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].message.contains("expands to more than 100000 values"),
+            "{}",
+            e[0]
+        );
+        // Located at the alias that would have crossed the bound.
+        assert_eq!(&*e[0].location.source, "bomb.yaml");
+        assert!(e[0].location.line >= 5, "{}", e[0]);
+        // Long text copied by aliases is bounded too.
+        let big = "x".repeat(500_000);
+        let doc = format!("a: &a \"{big}\"\nb: [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n");
+        let e = parse_yaml(&doc, "t.yaml").unwrap_err();
+        assert!(e[0].message.contains("bytes of text"), "{}", e[0]);
+        assert_eq!(e[0].location.line, 2, "{}", e[0]);
+        // So is depth through aliases: a deep anchor repeated inside itself.
+        let deep = format!(
+            "a: &a {}x{}\nb: {}*a{}\n",
+            "[".repeat(40),
+            "]".repeat(40),
+            "[".repeat(30),
+            "]".repeat(30)
+        );
+        let e = parse_yaml(&deep, "d.yaml").unwrap_err();
+        assert!(e[0].message.contains("deeper than 64"), "{}", e[0]);
+    }
+
+    #[test]
+    fn ordinary_aliases_still_work() {
+        let n = parse_yaml(
+            "base: &b {x: 1, y: [2, 3]}\ncopy: *b\nlevels: &l 4\nagain: *l\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(n.at_path("copy.y[1]").unwrap().as_str(), Some("3"));
+        assert_eq!(n.at_path("again").unwrap().as_str(), Some("4"));
+        // Four levels of the bomb (9^4 = 6561 scalars) is within the bounds.
+        let n = parse_yaml(&alias_bomb(4), "b").unwrap();
+        assert_eq!(n.at_path("a3[8][8][8][8]").unwrap().as_str(), Some("lol"));
     }
 
     #[test]

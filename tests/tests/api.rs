@@ -677,3 +677,112 @@ async fn readyz_turns_503_while_draining() {
             .is_err()
     );
 }
+
+/// Nine levels of nine aliases each ("billion laughs", under 512 bytes) would expand to 9^9
+/// scalars. Every route that reads YAML refuses it with a located error, quickly, and the
+/// node's memory stays where it was (issue 10: it used to allocate until it was killed).
+fn alias_bomb() -> String {
+    let mut doc =
+        String::from("profile: standalone\na0: &a0 [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n");
+    for i in 1..9 {
+        let refs = vec![format!("*a{}", i - 1); 9].join(",");
+        doc.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    doc
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test]
+async fn alias_bomb_is_refused_by_every_yaml_route() {
+    let t = TestNode::start().await;
+    let bomb = alias_bomb();
+    assert!(bomb.len() < 512, "{}", bomb.len());
+    let (id, _) = t.current().await;
+    let before = rss_bytes();
+    let expect_refused = |p: &Value, what: &str| {
+        let e = &p["errors"][0];
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("expands to more than 100000 values"),
+            "{what}: {p}"
+        );
+        assert!(e["line"].as_u64().unwrap() >= 3, "{what}: {p}");
+    };
+    let r = t
+        .http
+        .put(t.url("/api/config/validate"))
+        .body(bomb.clone())
+        .send()
+        .await
+        .unwrap();
+    expect_refused(
+        &problem(r, StatusCode::UNPROCESSABLE_ENTITY).await,
+        "validate",
+    );
+    let r = t.apply(Some(&format!("\"{id}\"")), &bomb).await;
+    expect_refused(&problem(r, StatusCode::UNPROCESSABLE_ENTITY).await, "apply");
+    let r = t
+        .http
+        .post(t.url("/api/profiles"))
+        .json(&json!({"id": "bomb", "document": bomb}))
+        .send()
+        .await
+        .unwrap();
+    expect_refused(
+        &problem(r, StatusCode::UNPROCESSABLE_ENTITY).await,
+        "create profile",
+    );
+    assert!(!t.dir.path().join("profiles/bomb.yaml").exists());
+    let edge = kos_config::preset(ProfileKind::Edge);
+    let r = t
+        .http
+        .post(t.url("/api/profiles"))
+        .json(&json!({"id": "lab", "document": edge}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = t
+        .http
+        .put(t.url("/api/profiles/lab"))
+        .body(bomb.clone())
+        .send()
+        .await
+        .unwrap();
+    expect_refused(
+        &problem(r, StatusCode::UNPROCESSABLE_ENTITY).await,
+        "replace profile",
+    );
+    assert_eq!(t.get_json("/api/profiles/lab").await["document"], edge);
+    let r = t
+        .http
+        .put(t.url("/api/profiles/standalone"))
+        .header("if-match", format!("\"{id}\""))
+        .body(bomb.clone())
+        .send()
+        .await
+        .unwrap();
+    expect_refused(
+        &problem(r, StatusCode::UNPROCESSABLE_ENTITY).await,
+        "replace active profile",
+    );
+    // Nothing changed, and the bounded parse left no lasting allocation behind (the bound
+    // allows ~10 MiB per parse; the unbounded one took gigabytes).
+    assert_eq!(t.current().await.0, id);
+    let after = rss_bytes();
+    assert!(
+        after < before + 64 * 1024 * 1024,
+        "RSS grew from {before} to {after} bytes"
+    );
+}
