@@ -650,9 +650,18 @@ struct OidcMap {
     audience: Option<String>,
     roles_claim: Option<String>,
     role_map: BTreeMap<String, Role>,
+    /// Missing: the default (`viewer`); `null`: `Some(None)`, refuse unmapped tokens.
+    /// (A plain `Option<Option<_>>` reads `null` as missing.)
+    #[serde(deserialize_with = "present")]
     default_role: Option<Option<Role>>,
     algorithms: Option<Vec<OidcAlgorithm>>,
     jwks_refresh_cooldown: Option<Duration>,
+}
+
+/// For an `Option<T>` field of a struct with `#[serde(default)]`: a key that is present is
+/// `Some`, even when its value is `null` (which `T = Option<_>` reads as `None`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 impl<'de> Deserialize<'de> for Oidc {

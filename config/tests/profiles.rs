@@ -1264,6 +1264,58 @@ fn auth_settings() {
     )
     .unwrap();
     assert_eq!(again.snapshot_id, l.snapshot_id);
+    assert_eq!(o.default_role, Some(kos_config::model::Role::Viewer));
+    // `default_role: null` refuses unmapped tokens: it is not the default, and it survives
+    // `show` (issue 10: it used to read as missing, i.e. viewer).
+    let doc = "profile: standalone\nauth:\n  oidc:\n    issuer: https://idp.example.org/realms/kos\n    audience: kos\n    default_role: null\n";
+    let l = load_doc(SA, doc, caps).unwrap();
+    assert_eq!(l.config.auth.oidc.default_role, None);
+    let shown = kos_config::to_yaml(&l.config);
+    assert!(shown.contains("default_role: null"), "{shown}");
+    let again = kos_config::assemble(
+        "x",
+        &shown,
+        "show.yaml",
+        &kos_config::Overlays::default(),
+        &caps,
+    )
+    .unwrap();
+    assert_eq!(again.config.auth.oidc.default_role, None);
+    assert_eq!(again.snapshot_id, l.snapshot_id);
+    // `~` is null too; a named role still works.
+    let doc = "profile: standalone\nauth:\n  oidc: {issuer: 'https://idp.example.org', audience: kos, default_role: ~}\n";
+    assert_eq!(
+        load_doc(SA, doc, caps)
+            .unwrap()
+            .config
+            .auth
+            .oidc
+            .default_role,
+        None
+    );
+    let doc = "profile: standalone\nauth:\n  oidc: {issuer: 'https://idp.example.org', audience: kos, default_role: operator}\n";
+    assert_eq!(
+        load_doc(SA, doc, caps)
+            .unwrap()
+            .config
+            .auth
+            .oidc
+            .default_role,
+        Some(kos_config::model::Role::Operator)
+    );
+    // Every other optional setting whose default is not null must keep an explicit null too.
+    // `federation.klp.remote_roles.default` defaults to none already; `null` stays none.
+    let doc = "profile: standalone\nfederation:\n  klp:\n    remote_roles: {default: null}\n";
+    assert_eq!(
+        load_doc(SA, doc, caps)
+            .unwrap()
+            .config
+            .federation
+            .klp
+            .remote_roles
+            .default,
+        None
+    );
     // Errors, all at once and located.
     let doc = "profile: standalone\nauth:\n  jwt: enabled\n  jwt_algorithm: hs256\n  oidc:\n    issuer: http://idp.example.org\n    algoritms: [HS256]\n    algorithms: [HS256]\n";
     let e = load_doc_errors(SA, doc, caps);

@@ -876,6 +876,55 @@ async fn local_tokens_only_eddsa_and_hs256() {
 
 // --- 3. JWKS rotation, cooldown, single flight, redirects ----------------------------------
 
+/// `default_role: null` refuses authentic OIDC tokens whose roles map to nothing, with 403
+/// (issue 10: the null used to read as "missing", so such tokens got `viewer`).
+#[tokio::test]
+async fn oidc_default_role_null_refuses_unmapped_tokens() {
+    let k1 = rsa_key("key-1");
+    let provider = FakeProvider::start(Redirect::No, &[&k1]).await;
+    let issuer = provider.issuer().to_string();
+    let section =
+        oidc_section(&issuer, "RS256", "30s").replace("default_role: viewer", "default_role: null");
+    let n = Node::start(Some(&section), &[]).await;
+    assert_eq!(n.node.state.config().config.auth.oidc.default_role, None);
+    let status = "/api/config/status";
+    let mapped = sign(
+        Algorithm::RS256,
+        &k1.kid,
+        &oidc_claims(&issuer, &["kos-admins"]),
+        &k1.enc,
+    );
+    assert_ok(n.get(status, Some(&mapped)).await, "a mapped role").await;
+    for roles in [&["staff"][..], &[][..]] {
+        let t = sign(
+            Algorithm::RS256,
+            &k1.kid,
+            &oidc_claims(&issuer, roles),
+            &k1.enc,
+        );
+        let r = n.get(status, Some(&t)).await;
+        let www = www_authenticate(&r);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "roles {roles:?}");
+        assert!(www.contains("error=\"insufficient_scope\""), "{www}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["type"], "urn:kos:problem:insufficient-scope", "{body}");
+        assert_eq!(body["detail"], AuthError::NoRole.to_string(), "{body}");
+    }
+    // The same provider with the default role keeps granting `viewer` to such tokens.
+    let n2 = Node::start(Some(&oidc_section(&issuer, "RS256", "30s")), &[]).await;
+    let t = sign(
+        Algorithm::RS256,
+        &k1.kid,
+        &oidc_claims(&issuer, &["staff"]),
+        &k1.enc,
+    );
+    assert_ok(n2.get(status, Some(&t)).await, "default viewer").await;
+    let r = n2
+        .call(Method::POST, "/api/peers/dial", Some(&t), Some("{}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "viewer cannot dial");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jwks_rotation_cooldown_and_single_flight() {
     const COOLDOWN: Duration = Duration::from_secs(2);

@@ -107,6 +107,25 @@ fn unauthorized(state: &AppState, headers: &HeaderMap, err: AuthError) -> Respon
     resp
 }
 
+/// 403 with the RFC 6750 `insufficient_scope` challenge naming the scope `needed`.
+fn forbidden(detail: String, needed: Role) -> Response {
+    let mut resp = Problem::new(
+        StatusCode::FORBIDDEN,
+        "urn:kos:problem:insufficient-scope",
+        "Forbidden",
+        detail,
+    )
+    .into_response();
+    let v = format!(
+        "Bearer realm=\"kos\", error=\"insufficient_scope\", scope=\"{}\"",
+        scope(needed)
+    );
+    if let Ok(h) = HeaderValue::from_str(&v) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, h);
+    }
+    resp
+}
+
 fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     let v = headers
         .get(header::AUTHORIZATION)
@@ -179,6 +198,12 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
             Ok(p) => p,
             Err(e) => {
                 crate::metrics::Metrics::outcome(&state.metrics.auth_failures, auth_reason(e));
+                if matches!(e, AuthError::NoRole) {
+                    // An authentic token that maps to no role: the caller is known, but has
+                    // no access (RFC 6750 §3.1 insufficient_scope), not "log in again".
+                    tracing::info!(route = %route, "request refused: the token maps to no role");
+                    return forbidden(e.to_string(), needed);
+                }
                 tracing::info!(reason = %e, route = %route, "request refused: invalid token");
                 return unauthorized(&state, req.headers(), e);
             }
@@ -186,24 +211,13 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
     };
     if principal.role < needed {
         tracing::info!(sub = %principal.sub, role = %principal.role, needed = %needed, route = %route, "request refused: role too small");
-        let mut resp = Problem::new(
-            StatusCode::FORBIDDEN,
-            "urn:kos:problem:insufficient-scope",
-            "Forbidden",
+        return forbidden(
             format!(
                 "this needs the `{needed}` role; the token grants `{}`",
                 principal.role
             ),
-        )
-        .into_response();
-        let v = format!(
-            "Bearer realm=\"kos\", error=\"insufficient_scope\", scope=\"{}\"",
-            scope(needed)
+            needed,
         );
-        if let Ok(h) = HeaderValue::from_str(&v) {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, h);
-        }
-        return resp;
     }
     tracing::Span::current().record("sub", principal.sub.as_str());
     req.extensions_mut().insert(principal);
