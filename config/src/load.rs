@@ -171,7 +171,7 @@ impl ConfigDir {
     }
 
     fn read_optional(&self, rel: &str) -> Result<Option<String>, Diagnostic> {
-        match fs::read_to_string(self.root.join(rel)) {
+        match crate::tree::read_source(&self.root.join(rel)) {
             Ok(t) => Ok(Some(t)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_diag(rel, &e)),
@@ -323,7 +323,7 @@ impl ConfigDir {
             .active_profile_id(opts, &ov)
             .map_err(with_overlay_problems)?;
         let rel = Self::profile_rel(&id);
-        let text = fs::read_to_string(self.profile_path(&id))
+        let text = crate::tree::read_source(&self.profile_path(&id))
             .map_err(|e| with_overlay_problems(io_diag(&rel, &e)))?;
         assemble(&id, &text, &rel, &ov, &opts.capabilities)
     }
@@ -357,7 +357,7 @@ impl ConfigDir {
             .active_profile_id(opts, &ov)
             .map_err(|d| Diagnostics(vec![d]))?;
         let rel = Self::profile_rel(&id);
-        let text = fs::read_to_string(self.profile_path(&id))
+        let text = crate::tree::read_source(&self.profile_path(&id))
             .map_err(|e| Diagnostics(vec![io_diag(&rel, &e)]))?;
         assemble(&id, &text, &rel, &ov, &opts.capabilities)
     }

@@ -293,6 +293,24 @@ pub const MAX_NODES: usize = 100_000;
 /// Most bytes of scalar and key text one document may build, counting alias copies.
 pub const MAX_TEXT_BYTES: usize = 4 * 1024 * 1024;
 
+/// Reads a YAML source file, but never more than one byte past [`MAX_SOURCE_BYTES`]: a
+/// huge or endless file costs no more memory than one at the limit, and is an error
+/// (`InvalidData`, "larger than the limit of ... bytes").
+pub fn read_source(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_SOURCE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_SOURCE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than the limit of {MAX_SOURCE_BYTES} bytes"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| Error::new(ErrorKind::InvalidData, e))
+}
+
 /// Parses one YAML document into a [`Node`] tree. `source` names the file in diagnostics.
 ///
 /// Rejected, each with its location: syntax errors, more than one document, non-scalar
@@ -307,10 +325,7 @@ pub fn parse_yaml(text: &str, source: &str) -> Result<Node, Vec<Diagnostic>> {
         return Err(vec![Diagnostic::error(
             whole,
             "",
-            format!(
-                "file is {} bytes; the limit is {MAX_SOURCE_BYTES}",
-                text.len()
-            ),
+            format!("larger than the limit of {MAX_SOURCE_BYTES} bytes"),
         )]);
     }
     let mut builder = Builder {
@@ -721,6 +736,25 @@ mod tests {
         );
         let e = parse_yaml(&deep, "d.yaml").unwrap_err();
         assert!(e[0].message.contains("deeper than 64"), "{}", e[0]);
+    }
+
+    #[test]
+    fn oversized_files_are_read_only_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.yaml");
+        std::fs::write(&p, format!("a: \"{}\"\n", "é".repeat(MAX_SOURCE_BYTES))).unwrap();
+        let e = read_source(&p).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("larger than the limit of {MAX_SOURCE_BYTES} bytes")
+        );
+        std::fs::write(&p, "a: 1\n").unwrap();
+        assert_eq!(read_source(&p).unwrap(), "a: 1\n");
+        let e = parse_yaml(&"x".repeat(MAX_SOURCE_BYTES + 1), "body").unwrap_err();
+        assert_eq!(
+            e[0].to_string(),
+            format!("body:1:1: larger than the limit of {MAX_SOURCE_BYTES} bytes")
+        );
     }
 
     #[test]

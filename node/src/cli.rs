@@ -686,13 +686,11 @@ fn peers_list(dir: &Path, as_json: bool) -> Result<()> {
             let token = cli_token(dir, &l.config, crate::auth::Role::Viewer)
                 .ok()
                 .flatten();
-            crate::local_http::get_json(
-                l.config.api.listen,
-                "/api/peers",
-                token.as_deref(),
-                std::time::Duration::from_secs(2),
-            )
-            .ok()
+            let endpoint = crate::node_client::Endpoint::of_config(dir, &l.config).ok()?;
+            crate::node_client::NodeClient::new(endpoint, std::time::Duration::from_secs(2))
+                .ok()?
+                .get_json("/api/peers", token.as_deref())
+                .ok()
         });
     let state_of = |id: &str| -> String {
         live.as_ref()
@@ -810,20 +808,13 @@ fn node_request(
         .load(&LoadOptions::from_process(capabilities()))
         .map_err(|d| anyhow::anyhow!("invalid configuration:\n{d}"))?;
     let token = cli_token(dir, &l.config, crate::auth::Role::Admin)?;
-    crate::local_http::request_json(
-        l.config.api.listen,
-        method,
-        path,
-        token.as_deref(),
-        body,
-        std::time::Duration::from_secs(10),
-    )
-    .with_context(|| {
-        format!(
-            "asking the node at {} (is it running?)",
-            l.config.api.listen
-        )
-    })
+    let endpoint = crate::node_client::Endpoint::of_config(dir, &l.config)?;
+    let client = crate::node_client::NodeClient::new(endpoint, std::time::Duration::from_secs(10))?;
+    let method = reqwest::Method::from_bytes(method.as_bytes())
+        .with_context(|| format!("`{method}` is not an HTTP method"))?;
+    client
+        .request_json(method, path, token.as_deref(), body)
+        .with_context(|| format!("asking the node at {} (is it running?)", client.base()))
 }
 
 fn node_post(dir: &Path, path: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
@@ -1046,69 +1037,57 @@ fn token_create(
     Ok(())
 }
 
-/// The `/readyz` URL of the node of `dir`, from its effective `api.listen` and `api.tls`.
-fn readyz_url(dir: &Path) -> Result<String> {
-    let l = ConfigDir::new(dir)
-        .load(&LoadOptions::from_process(capabilities()))
-        .map_err(|d| anyhow::anyhow!("invalid configuration (pass --url):\n{d}"))?;
-    let mut addr = l.config.api.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(if addr.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
-    let scheme = if l.config.api.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    Ok(format!("{scheme}://{addr}/readyz"))
-}
-
-fn health(dir: &Path, args: HealthArgs) -> Result<()> {
-    let url = match args.url {
-        Some(u) => u,
-        None => readyz_url(dir)?,
+/// How `kos health` reaches the node: `--url` as given, or the node's own endpoint from its
+/// effective `api.listen` and `api.tls` (trusting its certificate file).
+fn health_endpoint(
+    dir: &Path,
+    url: Option<String>,
+) -> Result<(crate::node_client::Endpoint, String)> {
+    use crate::node_client::Endpoint;
+    let Some(url) = url else {
+        let l = ConfigDir::new(dir)
+            .load(&LoadOptions::from_process(capabilities()))
+            .map_err(|d| anyhow::anyhow!("invalid configuration (pass --url):\n{d}"))?;
+        return Ok((Endpoint::of_config(dir, &l.config)?, "/readyz".into()));
     };
     let parsed = reqwest::Url::parse(&url).with_context(|| format!("`{url}` is not a URL"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         anyhow::bail!("`{url}`: only http and https URLs can be asked");
     }
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(args.timeout)
-        .danger_accept_invalid_certs(args.insecure)
-        .build()
-        .context("building the HTTP client")?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let (status, body) = rt.block_on(async {
-        let resp = client
-            .get(parsed)
-            .send()
-            .await
-            .with_context(|| format!("{url}: no answer"))?;
-        let status = resp.status();
-        // A readiness answer is a few bytes; never read more than 4 KiB of it.
-        let mut body = Vec::new();
-        let mut resp = resp;
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .with_context(|| format!("{url}: reading the answer"))?
-        {
-            body.extend_from_slice(&chunk);
-            if body.len() >= 4096 {
-                body.truncate(4096);
-                break;
-            }
-        }
-        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    })?;
+    let path = match parsed.query() {
+        Some(q) => format!("{}?{q}", parsed.path()),
+        None => parsed.path().to_string(),
+    };
+    let mut base = parsed;
+    base.set_path("/");
+    base.set_query(None);
+    Ok((
+        Endpoint {
+            base,
+            cert_pem: None,
+        },
+        path,
+    ))
+}
+
+fn health(dir: &Path, args: HealthArgs) -> Result<()> {
+    let (endpoint, path) = health_endpoint(dir, args.url)?;
+    let client = crate::node_client::NodeClient::with_options(
+        endpoint,
+        args.timeout,
+        crate::node_client::Options {
+            accept_invalid_certs: args.insecure,
+            max_response: 4096,
+        },
+    )?;
+    let url = client
+        .base()
+        .join(&path)
+        .map(|u| u.to_string())
+        .unwrap_or(path.clone());
+    let (status, body) = client
+        .request(reqwest::Method::GET, &path, None, None)
+        .map_err(|e| anyhow::anyhow!("{url}: no answer ({e:#})"))?;
     if status != reqwest::StatusCode::OK {
         anyhow::bail!("{url}: HTTP {status}: {}", body.trim());
     }

@@ -19,7 +19,7 @@ use kos_config::snapshot::atomic_write;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
-use crate::local_http::get_json;
+use crate::node_client::{Endpoint, NodeClient};
 
 pub const STATE_FILE: &str = "testnet.json";
 
@@ -94,7 +94,8 @@ fn admitted(x: &TestnetNode, token: Option<&str>) -> Option<Vec<String>> {
 /// Admitted and connected peers of the node whose API is at `api` (loopback), or `None`
 /// if it does not answer.
 pub(crate) fn admitted_at(api: SocketAddr, token: Option<&str>) -> Option<Vec<String>> {
-    let v = get_json(api, "/api/peers", token, Duration::from_secs(2)).ok()?;
+    let client = NodeClient::new(Endpoint::http(api).ok()?, Duration::from_secs(2)).ok()?;
+    let v = client.get_json("/api/peers", token).ok()?;
     Some(
         v["peers"]
             .as_array()?

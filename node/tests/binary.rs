@@ -651,3 +651,126 @@ async fn health_asks_the_nodes_readyz() {
     signal(child.id(), "TERM");
     assert!(child.wait().unwrap().success());
 }
+
+/// The CLI reaches its node wherever it listens: a wildcard address (as `docker-compose.yml`
+/// configures it), the IPv6 wildcard, and over TLS trusting the node's own certificate
+/// (issue 10: the hand-written client refused anything but a loopback address).
+#[tokio::test]
+async fn cli_reaches_a_node_on_wildcard_addresses_and_over_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("node");
+    assert!(
+        kos(&home, &["init", "--profile", "federation_node"])
+            .status
+            .success()
+    );
+    let o = kos(&home, &["admin", "keygen"]);
+    let admin = stdout(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("admin id:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let p2p = free_port();
+    std::fs::write(
+        home.join("klp/klp_settings.yaml"),
+        format!("enabled: true\nlisten: [/ip4/127.0.0.1/tcp/{p2p}]\npeer_discovery: none\nadmins: [\"{admin}\"]\n"),
+    )
+    .unwrap();
+    let friend = kos(&tmp.path().join("other"), &["init"]);
+    let friend = stdout(&friend)
+        .lines()
+        .find_map(|l| l.strip_prefix("node id: "))
+        .unwrap()
+        .to_string();
+    let run = || {
+        Command::new(KOS)
+            .args(["run", "--log-format", "json"])
+            .env("KOS_HOME", &home)
+            .env_remove("KOS_PROFILE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let peers_json = || {
+        let o = kos(&home, &["peers", "list", "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+
+    // 1. Plain HTTP on 0.0.0.0.
+    let api = free_port();
+    let env = format!(
+        "KOS_PROFILE=federation_node\nKOS_STORAGE__DATABASE=sqlite\nKOS_API__LISTEN=0.0.0.0:{api}\n"
+    );
+    std::fs::write(home.join("system.env"), &env).unwrap();
+    let mut child = run();
+    wait_ready(&format!("http://127.0.0.1:{api}"), &mut child).await;
+    let o = kos(&home, &["peers", "approve", &friend, "--label", "friend"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = kos(&home, &["federation", "status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("approved {friend}")),
+        "{}",
+        stdout(&o)
+    );
+    let v = peers_json();
+    assert_eq!(v["node_running"], true, "{v}");
+    let health = kos(&home, &["health"]);
+    assert!(health.status.success(), "{}", stderr(&health));
+    assert!(
+        stdout(&health).starts_with(&format!("http://127.0.0.1:{api}/readyz")),
+        "{}",
+        stdout(&health)
+    );
+    signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success());
+    // Stopped: the CLI says so instead of hanging or guessing.
+    assert_eq!(peers_json()["node_running"], false);
+    let o = kos(&home, &["federation", "status"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is it running?"), "{}", stderr(&o));
+
+    // 2. HTTPS on [::], with the certificate `kos init --tls-self-signed` makes.
+    assert!(kos(&home, &["init", "--tls-self-signed"]).status.success());
+    let api = free_port();
+    let env = std::fs::read_to_string(home.join("system.env"))
+        .unwrap()
+        .replace("KOS_API__LISTEN=0.0.0.0:", "# was ")
+        + &format!("KOS_API__LISTEN=[::]:{api}\n");
+    std::fs::write(home.join("system.env"), env).unwrap();
+    let mut child = run();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h = kos(&home, &["health", "--timeout", "1s"]);
+        if h.status.success() {
+            assert!(
+                stdout(&h).starts_with(&format!("https://[::1]:{api}/readyz")),
+                "{}",
+                stdout(&h)
+            );
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the node exited: {}",
+            stderr(&h)
+        );
+        assert!(Instant::now() < deadline, "{}", stderr(&h));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let o = kos(&home, &["federation", "status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("approved {friend}")),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(peers_json()["node_running"], true);
+    let o = kos(&home, &["peers", "revoke", &friend, "--reason", "test"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success());
+}

@@ -368,8 +368,78 @@ fn compose_community_node() {
         "PONG"
     );
 
+    // The CLI inside the container reaches its node, which listens on 0.0.0.0 there (issue
+    // 10: it refused any address but loopback). Make the node a federation admin first, so
+    // that `peers approve` can sign (the restart below applies it).
+    let exec = |args: &[&str]| {
+        let mut full = vec!["exec", "-T", "kos", "kos"];
+        full.extend_from_slice(args);
+        project.run(&full)
+    };
+    let keygen = exec(&["admin", "keygen"]).expect("admin keygen in the container");
+    let admin = keygen
+        .lines()
+        .find_map(|l| l.strip_prefix("admin id:"))
+        .expect("admin id")
+        .trim()
+        .to_string();
+    project
+        .run(&[
+            "exec",
+            "-T",
+            "kos",
+            "sed",
+            "-i",
+            &format!("s/^admins: \\[\\]$/admins: [\"{admin}\"]/"),
+            "/var/lib/kos/klp/klp_settings.yaml",
+        ])
+        .expect("pin the admin");
+    let friend_dir = tempfile::tempdir().expect("tempdir");
+    run_ok(
+        Command::new(&pre.kos)
+            .args(["init"])
+            .env("KOS_HOME", friend_dir.path()),
+    )
+    .expect("kos init for a second identity");
+    let friend = run_ok(
+        Command::new(&pre.kos)
+            .args(["id", "--json"])
+            .env("KOS_HOME", friend_dir.path()),
+    )
+    .expect("kos id");
+    let friend = serde_json::from_str::<serde_json::Value>(&friend).expect("id json")["peer_id"]
+        .as_str()
+        .expect("peer_id")
+        .to_string();
+    let list: serde_json::Value = serde_json::from_str(
+        &exec(&["peers", "list", "--json"]).expect("peers list in the container"),
+    )
+    .expect("peers list json");
+    assert_eq!(list["node_running"], true, "{list}");
+    exec(&["federation", "status"]).expect("federation status in the container");
+
     project.run(&["restart", "kos"]).expect("restart kos");
     project.wait_healthy("kos", Duration::from_secs(120));
+    let approved = exec(&["peers", "approve", &friend, "--label", "friend"])
+        .expect("peers approve in the container");
+    assert!(
+        approved.starts_with(&format!("approved {friend}")),
+        "{approved}"
+    );
+    let status = exec(&["federation", "status"]).expect("federation status in the container");
+    assert!(status.contains(&admin), "{status}");
+    assert!(status.contains(&format!("approved {friend}")), "{status}");
+    // The node writes the approval into peers.list's managed section as it applies the op.
+    let list = wait_for(
+        "the approval in peers list",
+        Duration::from_secs(30),
+        || {
+            let out = exec(&["peers", "list", "--json"]).expect("peers list in the container");
+            let list: serde_json::Value = serde_json::from_str(&out).expect("peers list json");
+            list["peers"].to_string().contains(&friend).then_some(list)
+        },
+    );
+    assert_eq!(list["node_running"], true, "{list}");
     let api = project.port("kos", "7420").expect("API port after restart");
     assert_eq!(
         peer_id_in(&project).expect("kos id after restart"),
