@@ -1338,8 +1338,9 @@ fn run_child(target: &str, test: &str, seconds: f64, mem_bytes: u64) -> ChildRun
 
 // --- tests of the harness ------------------------------------------------------------------
 
-/// The memory limit bites: a child that allocates (and touches) twice the limit dies, and
-/// one that stays well under it runs.
+/// The memory limit the targets run under bites: a child that allocates twice the limit
+/// dies with an allocation failure, and one that allocates (and touches) a quarter of it
+/// runs.
 #[test]
 fn harness_memory_limit_bites() {
     match std::env::var("KOS_FUZZ_CHILD").as_deref() {
@@ -1350,7 +1351,8 @@ fn harness_memory_limit_bites() {
         }
         Ok(_) => {}
         Err(_) => {
-            let limit_mb = 256;
+            // The limit the targets run under.
+            let limit_mb = mem_limit() >> 20;
             let run = |mb: u64| {
                 run_child_with(
                     "harness_alloc",
@@ -1374,7 +1376,10 @@ fn harness_memory_limit_bites() {
                 String::from_utf8_lossy(&under.stderr)
             );
             let out = String::from_utf8_lossy(&under.stdout);
-            assert!(out.contains("allocated 64 MiB"), "{out}");
+            assert!(
+                out.contains(&format!("allocated {} MiB", limit_mb / 4)),
+                "{out}"
+            );
         }
     }
 }
