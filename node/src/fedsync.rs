@@ -48,9 +48,10 @@ use crate::store::{Db, OpStore};
 
 /// The node's federation admin key (from `kos admin keygen`), if it holds one.
 pub const ADMIN_KEY_FILE: &str = "federation/admin.key";
-/// Gossip payload tags (the first byte) on the federation topic.
-const TAG_OP: u8 = 1;
-const TAG_STATUS: u8 = 2;
+/// Gossip payload tags (the first byte) on the federation topic: an encoded [`Op`] follows,
+/// or a [`ConfigStatus`] as JSON.
+pub const TAG_OP: u8 = 1;
+pub const TAG_STATUS: u8 = 2;
 /// Ops with unknown parents kept while their parents are fetched: in all, in bytes, and
 /// from one source.
 const MAX_PENDING: usize = 1024;
@@ -74,8 +75,8 @@ pub const STRIKE_WINDOW: Duration = Duration::from_secs(600);
 /// Refused ops remembered for `kos federation log`.
 const REFUSED_KEPT: usize = 256;
 /// Limits on a received ACK/NACK.
-const MAX_STATUS_ERRORS: usize = 50;
-const MAX_STATUS_ERROR_LEN: usize = 500;
+pub const MAX_STATUS_ERRORS: usize = 50;
+pub const MAX_STATUS_ERROR_LEN: usize = 500;
 const COMMAND_QUEUE: usize = 64;
 /// Ops waiting to be stored (the actor waits when it is full).
 const PERSIST_QUEUE: usize = 1024;
@@ -98,20 +99,55 @@ pub enum FedError {
     Stopped,
 }
 
-#[derive(Serialize, Deserialize)]
-struct SyncRequest {
+/// An anti-entropy request (CBOR, carried by [`Klp::sync`]): what the requester holds.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SyncRequest {
     /// [`Log::genesis_id`] of the requester: peers of another federation answer nothing.
-    genesis: ByteBuf,
-    heads: Vec<ByteBuf>,
+    pub genesis: ByteBuf,
+    pub heads: Vec<ByteBuf>,
     /// Paging: only ops after this `(lamport, hash)` in the total order.
-    after: Option<(u64, ByteBuf)>,
+    pub after: Option<(u64, ByteBuf)>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct SyncResponse {
-    genesis: ByteBuf,
-    ops: Vec<ByteBuf>,
-    more: bool,
+/// The answer to a [`SyncRequest`]: encoded ops, parents first, and whether more follow.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub genesis: ByteBuf,
+    pub ops: Vec<ByteBuf>,
+    pub more: bool,
+}
+
+/// Decodes a gossiped [`ConfigStatus`] (the bytes after its tag) and bounds it: at most
+/// [`MAX_STATUS_ERRORS`] errors of at most [`MAX_STATUS_ERROR_LEN`] bytes each. `None` when
+/// it is not JSON of that shape or names no op hash. Never panics.
+pub fn decode_status(bytes: &[u8]) -> Option<(OpHash, ConfigStatus)> {
+    let mut st = serde_json::from_slice::<ConfigStatus>(bytes).ok()?;
+    let op = st.op.parse::<OpHash>().ok()?;
+    st.errors.truncate(MAX_STATUS_ERRORS);
+    for e in &mut st.errors {
+        if e.len() > MAX_STATUS_ERROR_LEN {
+            let mut cut = MAX_STATUS_ERROR_LEN;
+            while !e.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            e.truncate(cut);
+        }
+    }
+    Some((op, st))
+}
+
+impl SyncRequest {
+    /// Decodes a request received from a peer. Never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        ciborium::from_reader(bytes).map_err(|e| format!("undecodable sync request: {e}"))
+    }
+}
+
+impl SyncResponse {
+    /// Decodes a peer's answer. Never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        ciborium::from_reader(bytes).map_err(|e| format!("undecodable sync answer: {e}"))
+    }
 }
 
 /// ACK or NACK of a configuration snapshot, as gossiped.
@@ -1136,23 +1172,10 @@ impl Actor {
     }
 
     fn on_status(&mut self, from: NodeId, bytes: &[u8]) {
-        let Ok(mut st) = serde_json::from_slice::<ConfigStatus>(bytes) else {
+        let Some((op, mut st)) = decode_status(bytes) else {
             debug!(peer = %from, "undecodable config status");
             return;
         };
-        let Ok(op) = st.op.parse::<OpHash>() else {
-            return;
-        };
-        st.errors.truncate(MAX_STATUS_ERRORS);
-        for e in &mut st.errors {
-            if e.len() > MAX_STATUS_ERROR_LEN {
-                let mut cut = MAX_STATUS_ERROR_LEN;
-                while !e.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                e.truncate(cut);
-            }
-        }
         // Only statuses about a scope's current snapshot are kept (bounds memory), and
         // only what the op does not already say.
         let Some((scope, published)) = self
@@ -1204,8 +1227,7 @@ impl Actor {
         let back = self.sync_results.clone();
         tokio::spawn(async move {
             let res = match klp.sync(&peer, body).await {
-                Ok(bytes) => ciborium::from_reader::<SyncResponse, _>(bytes.as_slice())
-                    .map_err(|e| format!("undecodable sync answer: {e}")),
+                Ok(bytes) => SyncResponse::decode(&bytes),
                 Err(e) => Err(e.to_string()),
             };
             let _ = back.send((peer, res, round)).await;
@@ -1315,7 +1337,7 @@ impl Actor {
             ops: Vec::new(),
             more: false,
         };
-        let answer = match ciborium::from_reader::<SyncRequest, _>(req.body.as_slice()) {
+        let answer = match SyncRequest::decode(&req.body) {
             Ok(r) if allowed && r.heads.len() <= MAX_HEADS && r.genesis == genesis => {
                 let heads: Vec<OpHash> = r
                     .heads
