@@ -676,8 +676,17 @@ fn peers_path(dir: &Path) -> PathBuf {
 }
 
 fn peers_list(dir: &Path, as_json: bool) -> Result<()> {
-    let entries =
-        crate::federation::read_peers_list(dir).map_err(|e| anyhow::anyhow!("{}", e.join("\n")))?;
+    let file =
+        crate::fedsync::read_peers_file(dir).map_err(|e| anyhow::anyhow!("{}", e.join("\n")))?;
+    // The operator's entries, then the federation's approvals the node wrote below the
+    // marker (those the operator did not also list).
+    let mut entries: Vec<(&kos_klp::peers::PeerEntry, &str)> =
+        file.local.iter().map(|e| (e, "operator")).collect();
+    for m in &file.managed {
+        if !file.local.iter().any(|e| e.id == m.id) {
+            entries.push((m, "federation"));
+        }
+    }
     // Live state from the running node, if there is one.
     let live: Option<serde_json::Value> = ConfigDir::new(dir)
         .load(&LoadOptions::from_process(capabilities()))
@@ -698,7 +707,7 @@ fn peers_list(dir: &Path, as_json: bool) -> Result<()> {
             .and_then(|ps| ps.iter().find(|p| p["id"] == id))
             .map(|p| {
                 let st = p["state"].as_str().unwrap_or("?").to_string();
-                if p["connected"] == true {
+                if p["connected"] == true || st == "disconnected" {
                     st
                 } else {
                     format!("{st} (not connected)")
@@ -715,7 +724,7 @@ fn peers_list(dir: &Path, as_json: bool) -> Result<()> {
     if as_json {
         let rows: Vec<serde_json::Value> = entries
             .iter()
-            .map(|e| json!({"id": e.id.to_string(), "addrs": e.addrs, "label": e.label, "state": state_of(&e.id.to_string())}))
+            .map(|(e, source)| json!({"id": e.id.to_string(), "addrs": e.addrs, "label": e.label, "source": source, "state": state_of(&e.id.to_string())}))
             .collect();
         println!("{}", json!({"node_running": live.is_some(), "peers": rows}));
         return Ok(());
@@ -723,11 +732,12 @@ fn peers_list(dir: &Path, as_json: bool) -> Result<()> {
     if entries.is_empty() {
         println!("no approved peers in {}", peers_path(dir).display());
     }
-    for e in &entries {
+    for (e, source) in &entries {
         let id = e.id.to_string();
         println!(
-            "{id}  {:<24} {}  {}",
+            "{id}  {:<24} {:<10} {}  {}",
             state_of(&id),
+            source,
             e.label.as_deref().unwrap_or(""),
             e.addrs.join(" ")
         );

@@ -716,8 +716,32 @@ async fn cli_reaches_a_node_on_wildcard_addresses_and_over_tls() {
         "{}",
         stdout(&o)
     );
-    let v = peers_json();
+    // `peers list` shows the federation's approval once the node has written it below the
+    // marker of peers.list, with its live state.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        let v = peers_json();
+        if v["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == friend.as_str())
+        {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(v["node_running"], true, "{v}");
+    assert_eq!(v["peers"][0]["source"], "federation", "{v}");
+    assert!(
+        v["peers"][0]["label"]
+            .as_str()
+            .unwrap()
+            .starts_with("friend"),
+        "{v}"
+    );
+    assert_ne!(v["peers"][0]["state"], "-", "{v}");
     let health = kos(&home, &["health"]);
     assert!(health.status.success(), "{}", stderr(&health));
     assert!(
