@@ -786,3 +786,55 @@ async fn alias_bomb_is_refused_by_every_yaml_route() {
         "RSS grew from {before} to {after} bytes"
     );
 }
+
+/// Issue 10: requests with a body are handled `MAX_BODIES_IN_FLIGHT` at a time (each may
+/// buffer `api.max_body_bytes` and decode it many times over); one more is answered 503
+/// before its body is read, requests without a body still pass, and a freed slot is usable
+/// again. (Before, every connection could hold a body and its decoded form: no ceiling.)
+#[tokio::test]
+async fn requests_with_a_body_in_flight_are_bounded() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    let t = TestNode::start().await;
+    let doc = t.current().await.1;
+    let mut held = Vec::new();
+    for _ in 0..kos_node::api::MAX_BODIES_IN_FLIGHT {
+        let mut s = tokio::net::TcpStream::connect(t.node.addr).await.unwrap();
+        // A body that never finishes arriving: the request holds its slot.
+        s.write_all(
+            b"PUT /api/config/validate HTTP/1.1\r\nhost: kos\r\n\
+              content-type: application/yaml\r\ncontent-length: 1000000\r\n\r\nprofile: ",
+        )
+        .await
+        .unwrap();
+        held.push(s);
+    }
+    let validate = async || {
+        t.http
+            .put(t.url("/api/config/validate"))
+            .body(doc.clone())
+            .send()
+            .await
+            .unwrap()
+    };
+    kos_tests::fed::wait_until(
+        "a request with a body over the limit is refused",
+        Duration::from_secs(20),
+        async || validate().await.status() == StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    let r = validate().await;
+    assert_eq!(r.headers()["retry-after"], "1");
+    let p = problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(p["type"], "urn:kos:problem:busy");
+    assert_eq!(t.get("/healthz").await.status(), StatusCode::OK);
+    assert_eq!(t.get("/api/config/status").await.status(), StatusCode::OK);
+    drop(held.pop());
+    kos_tests::fed::wait_until(
+        "a freed slot is taken again",
+        Duration::from_secs(20),
+        async || validate().await.status() == StatusCode::OK,
+    )
+    .await;
+}

@@ -55,6 +55,7 @@ use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -68,10 +69,18 @@ pub type AppState = Arc<NodeState>;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// How many requests with a body the API handles at once (HTTP and remote calls over KLP
+/// together). Each may buffer `api.max_body_bytes` and decode it (YAML tree, JSON values:
+/// see "Resource ceilings" in docs/ARCHITECTURE.md), so this is what bounds the memory that
+/// request bodies can make the node allocate. Past it, a request with a body gets 503
+/// before its body is read; requests without a body are not counted.
+pub const MAX_BODIES_IN_FLIGHT: usize = 16;
+
 pub fn router(state: AppState) -> Router {
     let boot = &state.boot.config.api;
     let timeout = boot.request_timeout.get();
     let max_body = boot.max_body_bytes as usize;
+    let bodies = Arc::new(Semaphore::new(MAX_BODIES_IN_FLIGHT));
     let api = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -121,6 +130,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/vectors/{name}/search", post(vectors::search))
         .route(authz::METADATA_PATH, get(authz::metadata))
+        // Innermost: only callers that passed authorization take a body permit.
+        .route_layer(middleware::from_fn_with_state(bodies, limit_bodies))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             authz::authorize,
@@ -166,6 +177,30 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     resp
 }
 
+/// Holds one of [`MAX_BODIES_IN_FLIGHT`] permits for the whole life of a request that has a
+/// body (reading, decoding, handling), or answers 503 at once when none is free.
+async fn limit_bodies(State(bodies): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
+    use axum::body::HttpBody;
+    if req.body().size_hint().exact() == Some(0) {
+        return next.run(req).await;
+    }
+    let Ok(_permit) = bodies.try_acquire_owned() else {
+        let mut resp = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "urn:kos:problem:busy",
+            "Too many requests with a body",
+            format!("the node is already handling {MAX_BODIES_IN_FLIGHT} requests with a body; retry shortly"),
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return resp;
+    };
+    next.run(req).await
+}
+
 async fn not_found() -> Problem {
     Problem::not_found("no such endpoint; see the API table in the README")
 }
@@ -199,7 +234,8 @@ impl<S: Send + Sync> FromRequest<S> for TextBody {
                 Problem::bad_request(format!("cannot read the request body: {}", e.body_text()))
             }
         })?;
-        let text = String::from_utf8(bytes.to_vec())
+        // `Vec::from` takes the buffer over without copying it when it is not shared.
+        let text = String::from_utf8(Vec::from(bytes))
             .map_err(|_| Problem::bad_request("the body is not UTF-8 text"))?;
         if text.trim().is_empty() {
             return Err(Problem::bad_request(
