@@ -104,6 +104,7 @@ pub enum FedError {
 pub struct SyncRequest {
     /// [`Log::genesis_id`] of the requester: peers of another federation answer nothing.
     pub genesis: ByteBuf,
+    #[serde(deserialize_with = "at_most::<MAX_HEADS, _>")]
     pub heads: Vec<ByteBuf>,
     /// Paging: only ops after this `(lamport, hash)` in the total order.
     pub after: Option<(u64, ByteBuf)>,
@@ -113,6 +114,7 @@ pub struct SyncRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SyncResponse {
     pub genesis: ByteBuf,
+    #[serde(deserialize_with = "at_most::<MAX_OPS_PER_ANSWER, _>")]
     pub ops: Vec<ByteBuf>,
     pub more: bool,
 }
@@ -148,6 +150,35 @@ impl SyncResponse {
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         ciborium::from_reader(bytes).map_err(|e| format!("undecodable sync answer: {e}"))
     }
+}
+
+/// A sequence of at most `N` byte strings, refused while decoding as soon as it has more:
+/// one CBOR byte per empty byte string would otherwise cost a 24-byte `ByteBuf` each (a
+/// 1 MiB sync answer of them, ~50 MiB at the peak of the `Vec`'s growth).
+fn at_most<'de, const N: usize, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<ByteBuf>, D::Error> {
+    struct AtMost<const N: usize>;
+    impl<'de, const N: usize> serde::de::Visitor<'de> for AtMost<N> {
+        type Value = Vec<ByteBuf>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "at most {N} byte strings")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(N));
+            while let Some(b) = seq.next_element::<ByteBuf>()? {
+                if out.len() == N {
+                    return Err(serde::de::Error::invalid_length(N + 1, &self));
+                }
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(AtMost::<N>)
 }
 
 /// ACK or NACK of a configuration snapshot, as gossiped.
@@ -1337,8 +1368,15 @@ impl Actor {
             ops: Vec::new(),
             more: false,
         };
-        let answer = match SyncRequest::decode(&req.body) {
-            Ok(r) if allowed && r.heads.len() <= MAX_HEADS && r.genesis == genesis => {
+        // Over the rate limit, the request is not even decoded.
+        let request = if allowed {
+            SyncRequest::decode(&req.body).ok()
+        } else {
+            debug!(peer = %req.peer, "sync request over the rate limit");
+            None
+        };
+        let answer = match request {
+            Some(r) if r.genesis == genesis => {
                 let heads: Vec<OpHash> = r
                     .heads
                     .iter()
@@ -1368,10 +1406,6 @@ impl Actor {
                     ops.push(ByteBuf::from(b));
                 }
                 SyncResponse { genesis, ops, more }
-            }
-            Ok(_) if !allowed => {
-                debug!(peer = %req.peer, "sync request over the rate limit");
-                empty(genesis)
             }
             _ => empty(genesis),
         };
@@ -1880,4 +1914,68 @@ fn reason(e: &LogError) -> &'static str {
 /// Decodes an unsigned draft (for the CLI, which signs it with key files).
 pub fn decode_draft(bytes: &[u8]) -> Result<UnsignedOp, LogError> {
     UnsignedOp::decode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(v, &mut out).unwrap();
+        out
+    }
+
+    fn text(out: &mut Vec<u8>, s: &str) {
+        out.push(0x60 | s.len() as u8);
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// Issue 10: a sync answer or request with more entries than a node ever sends is
+    /// refused while it is decoded, definite or indefinite length, so a peer's 1 MiB answer
+    /// of one-byte empty strings cannot become a million `ByteBuf`s.
+    #[test]
+    fn sync_messages_with_too_many_entries_are_refused_while_decoding() {
+        let answer = |n| SyncResponse {
+            genesis: ByteBuf::from(vec![7; 32]),
+            ops: vec![ByteBuf::new(); n],
+            more: false,
+        };
+        let ok =
+            ciborium::from_reader::<SyncResponse, _>(cbor(&answer(MAX_OPS_PER_ANSWER)).as_slice())
+                .unwrap();
+        assert_eq!(ok.ops.len(), MAX_OPS_PER_ANSWER);
+        assert!(
+            ciborium::from_reader::<SyncResponse, _>(
+                cbor(&answer(MAX_OPS_PER_ANSWER + 1)).as_slice()
+            )
+            .is_err()
+        );
+        // The same with an indefinite-length array (no length to check up front), and far
+        // more entries than the limit: refused at entry MAX_OPS_PER_ANSWER + 1.
+        let mut raw = vec![0xa3];
+        text(&mut raw, "genesis");
+        raw.push(0x40);
+        text(&mut raw, "ops");
+        raw.push(0x9f);
+        raw.extend(std::iter::repeat_n(0x40, 1024 * 1024));
+        raw.push(0xff);
+        text(&mut raw, "more");
+        raw.push(0xf4);
+        assert!(ciborium::from_reader::<SyncResponse, _>(raw.as_slice()).is_err());
+
+        let request = |n| SyncRequest {
+            genesis: ByteBuf::from(vec![7; 32]),
+            heads: vec![ByteBuf::from(vec![1; 32]); n],
+            after: None,
+        };
+        let ok =
+            ciborium::from_reader::<SyncRequest, _>(cbor(&request(MAX_HEADS)).as_slice()).unwrap();
+        assert_eq!(ok.heads.len(), MAX_HEADS);
+        assert!(
+            ciborium::from_reader::<SyncRequest, _>(cbor(&request(MAX_HEADS + 1)).as_slice())
+                .is_err()
+        );
+    }
 }
