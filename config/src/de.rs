@@ -103,9 +103,10 @@ struct Sink {
 
 impl Sink {
     fn error(&self, loc: &Location, path: &str, msg: impl Into<String>) {
-        self.diags
-            .borrow_mut()
-            .push(Diagnostic::error(loc.clone(), path, msg));
+        crate::diag::push_capped(
+            &mut self.diags.borrow_mut(),
+            Diagnostic::error(loc.clone(), path, msg),
+        );
     }
 }
 

@@ -13,6 +13,28 @@ pub enum Severity {
     Warning,
 }
 
+/// Most problems one load or validation lists. A document of 1 MiB could otherwise hold
+/// ~45 000 unknown keys: as many diagnostics, ~100 MiB at the peak and an 18 MB answer
+/// (issue 10). Past the cap, one last error says that more were found.
+pub const MAX_DIAGNOSTICS: usize = 1000;
+
+/// Appends `d` to `list`, keeping at most [`MAX_DIAGNOSTICS`] of them plus one error in place
+/// of the rest. That one is an error even when the rest are warnings, so dropping a problem
+/// can never make an invalid document pass.
+pub fn push_capped(list: &mut Vec<Diagnostic>, d: Diagnostic) {
+    match list.len().cmp(&MAX_DIAGNOSTICS) {
+        std::cmp::Ordering::Less => list.push(d),
+        std::cmp::Ordering::Equal => list.push(Diagnostic::error(
+            d.location,
+            "",
+            format!(
+                "too many problems: only the first {MAX_DIAGNOSTICS} are listed; fix them and try again"
+            ),
+        )),
+        std::cmp::Ordering::Greater => {}
+    }
+}
+
 /// One problem found in the configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -108,12 +130,15 @@ impl Diagnostics {
         self.0.iter().filter(|d| !d.is_error())
     }
 
+    /// Adds a problem (at most [`MAX_DIAGNOSTICS`] are kept: see [`push_capped`]).
     pub fn push(&mut self, d: Diagnostic) {
-        self.0.push(d);
+        push_capped(&mut self.0, d);
     }
 
     pub fn extend(&mut self, ds: impl IntoIterator<Item = Diagnostic>) {
-        self.0.extend(ds);
+        for d in ds {
+            push_capped(&mut self.0, d);
+        }
     }
 
     /// Sorts by file, line, column and drops exact duplicates.

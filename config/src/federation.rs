@@ -123,16 +123,19 @@ fn check_paths(node: &Node, prefix: &str, scope: &Scope, diags: &mut Vec<Diagnos
         if leads_somewhere && matches!(e.value.value, Value::Map(_)) {
             check_paths(&e.value, &path, scope, diags);
         } else {
-            diags.push(Diagnostic::error(
-                e.key_loc.clone(),
-                path.clone(),
-                format!(
-                    "`{path}` is outside the federation scope `{}` ({}), which may set only: {}",
-                    scope.name,
-                    scope.what,
-                    scope.paths.join(", ")
+            crate::diag::push_capped(
+                diags,
+                Diagnostic::error(
+                    e.key_loc.clone(),
+                    path.clone(),
+                    format!(
+                        "`{path}` is outside the federation scope `{}` ({}), which may set only: {}",
+                        scope.name,
+                        scope.what,
+                        scope.paths.join(", ")
+                    ),
                 ),
-            ));
+            );
         }
     }
 }

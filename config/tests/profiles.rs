@@ -1345,3 +1345,36 @@ fn auth_settings() {
         "{e:#?}"
     );
 }
+
+/// Issue 10: a document with thousands of problems lists at most `MAX_DIAGNOSTICS` of them
+/// and one error saying more were found (a 1 MiB body of unknown keys used to cost ~100 MiB
+/// of diagnostics and an 18 MB answer), and such a document still fails. The same cap holds
+/// for a federation snapshot's out-of-scope paths.
+#[test]
+fn problems_are_listed_up_to_a_cap() {
+    use kos_config::diag::MAX_DIAGNOSTICS;
+    let mut doc = String::from("profile: standalone\n");
+    for i in 0..5000 {
+        doc.push_str(&format!("unknown{i}: 1\n"));
+    }
+    let errs = load_doc_errors(ProfileKind::Standalone, &doc, pg());
+    assert_eq!(errs.len(), MAX_DIAGNOSTICS + 1, "{:?}", &errs[..3]);
+    assert_eq!(
+        errs.iter()
+            .filter(|e| e.contains("too many problems: only the first 1000 are listed"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        errs.iter().filter(|e| e.contains("unknown key")).count(),
+        MAX_DIAGNOSTICS
+    );
+
+    let mut content = String::from("");
+    for i in 0..5000 {
+        content.push_str(&format!("outside{i}: 1\n"));
+    }
+    let d = kos_config::federation::check_content("monitoring", &content, "snapshot").unwrap_err();
+    assert_eq!(d.0.len(), MAX_DIAGNOSTICS + 1);
+    assert!(d.0.iter().all(|d| d.is_error()));
+}
