@@ -178,14 +178,21 @@ impl OidcVerifier {
                 "GET {url}: response larger than {MAX_DOC_BYTES} bytes"
             ));
         }
-        let bytes = resp
-            .bytes()
+        // Read chunk by chunk and stop at the limit: a chunked answer has no length to check
+        // up front, and within the timeout a fast server could send gigabytes.
+        let mut resp = resp;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| format!("GET {url}: {}", e.without_url()))?;
-        if bytes.len() > MAX_DOC_BYTES {
-            return Err(format!(
-                "GET {url}: response larger than {MAX_DOC_BYTES} bytes"
-            ));
+            .map_err(|e| format!("GET {url}: {}", e.without_url()))?
+        {
+            if bytes.len() + chunk.len() > MAX_DOC_BYTES {
+                return Err(format!(
+                    "GET {url}: response larger than {MAX_DOC_BYTES} bytes"
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
         }
         serde_json::from_slice(&bytes).map_err(|e| format!("GET {url}: not JSON: {e}"))
     }
@@ -315,5 +322,43 @@ impl OidcVerifier {
             .filter_map(|n| self.role_map.get(*n).copied())
             .max()
             .or(self.default_role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Issue 10: an answer without a length (chunked) is read only up to `MAX_DOC_BYTES`;
+    /// an endless one is refused as too large as soon as it passes the limit, not buffered
+    /// until the timeout.
+    #[tokio::test]
+    async fn a_chunked_answer_is_cut_at_the_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let chunk = format!("{:x}\r\n{}\r\n", 16 * 1024, " ".repeat(16 * 1024));
+            // Until the client hangs up.
+            while s.write_all(chunk.as_bytes()).await.is_ok() {}
+        });
+        let issuer = format!("http://{addr}");
+        let v = OidcVerifier::new(&Oidc {
+            issuer: Some(issuer.clone()),
+            ..Oidc::default()
+        })
+        .unwrap();
+        let err = v.get_json(&issuer).await.unwrap_err();
+        assert!(
+            err.contains(&format!("response larger than {MAX_DOC_BYTES} bytes")),
+            "{err}"
+        );
     }
 }
