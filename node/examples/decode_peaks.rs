@@ -61,6 +61,10 @@ const CASES: &[(&str, &str)] = &[
         "1 MiB YAML of unknown top-level keys through load_candidate",
     ),
     (
+        "yaml-many-agents",
+        "1 MiB YAML `agents: {a0: {}, ...}` through load_candidate (names refused by validation)",
+    ),
+    (
         "yaml-long-scalar",
         "1 MiB YAML with one 1 MiB scalar through load_candidate",
     ),
