@@ -75,6 +75,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// request bodies can make the node allocate. Past it, a request with a body gets 503
 /// before its body is read; requests without a body are not counted.
 pub const MAX_BODIES_IN_FLIGHT: usize = 16;
+/// How long a request with a body waits for a free permit before it gets 503.
+const BODY_PERMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub fn router(state: AppState) -> Router {
     let boot = &state.boot.config.api;
@@ -178,13 +180,23 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
 }
 
 /// Holds one of [`MAX_BODIES_IN_FLIGHT`] permits for the whole life of a request that has a
-/// body (reading, decoding, handling), or answers 503 at once when none is free.
+/// body (reading, decoding, handling), or answers 503 when none is free within
+/// [`BODY_PERMIT_WAIT`].
 async fn limit_bodies(State(bodies): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
     use axum::body::HttpBody;
     if req.body().size_hint().exact() == Some(0) {
         return next.run(req).await;
     }
-    let Ok(_permit) = bodies.try_acquire_owned() else {
+    // A burst of ordinary requests waits a moment for a permit; a node whose permits stay
+    // taken (slow bodies) answers 503 after that moment.
+    let permit = match bodies.clone().try_acquire_owned() {
+        Ok(p) => Ok(p),
+        Err(_) => match tokio::time::timeout(BODY_PERMIT_WAIT, bodies.acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(()),
+        },
+    };
+    let Ok(_permit) = permit else {
         let mut resp = Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "urn:kos:problem:busy",
