@@ -10,8 +10,9 @@
 //!   entry records the [`Authenticator`](super::Authenticator)'s key generation, which moves
 //!   when an OIDC JWKS refresh changes the key set. The cache belongs to one authenticator;
 //!   a node that restarts with a new `auth` section or a rotated token key starts empty.
-//! - Only successes are cached: an invalid token cannot take a slot. The capacity is bounded
-//!   ([`CACHE_CAPACITY`]) and `moka` evicts by its TinyLFU policy, which keeps frequently
+//! - Only successes are cached: an invalid token cannot take a slot. The size is bounded in
+//!   bytes ([`CACHE_MAX_BYTES`]; an entry weighs [`ENTRY_OVERHEAD`] plus its subject, which a
+//!   token may make long) and `moka` evicts by its TinyLFU policy, which keeps frequently
 //!   used tokens when the cache is full.
 
 use std::sync::Arc;
@@ -22,8 +23,11 @@ use sha2::{Digest, Sha256};
 
 use super::{AuthError, Principal};
 
-/// Most verified tokens kept at once.
-pub const CACHE_CAPACITY: u64 = 10_000;
+/// Most memory the cache's entries may take: about 25 000 tokens with short subjects.
+pub const CACHE_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+/// What an entry weighs besides its subject: the key, the entry, `moka`'s bookkeeping.
+pub const ENTRY_OVERHEAD: u32 = 160;
 
 /// Longest time a verification is reused, even for a token that expires later.
 pub const CACHE_MAX_TTL: Duration = Duration::from_secs(300);
@@ -132,10 +136,16 @@ impl std::fmt::Debug for VerifiedCache {
 }
 
 impl VerifiedCache {
-    pub fn new(capacity: u64, max_ttl: Duration, leeway: u64, clock: Arc<dyn Clock>) -> Self {
+    /// `max_bytes` bounds the sum of the entries' weights.
+    pub fn new(max_bytes: u64, max_ttl: Duration, leeway: u64, clock: Arc<dyn Clock>) -> Self {
         Self {
             entries: moka::sync::Cache::builder()
-                .max_capacity(capacity)
+                .max_capacity(max_bytes)
+                .weigher(|_: &TokenHash, e: &Arc<Entry>| {
+                    u32::try_from(e.principal.sub.len())
+                        .unwrap_or(u32::MAX)
+                        .saturating_add(ENTRY_OVERHEAD)
+                })
                 .expire_after(EntryExpiry)
                 .build(),
             clock,
@@ -215,6 +225,12 @@ impl VerifiedCache {
     }
 
     #[cfg(test)]
+    pub fn weight(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+
+    #[cfg(test)]
     pub fn keys(&self) -> Vec<TokenHash> {
         self.entries.iter().map(|(k, _)| *k).collect()
     }
@@ -257,11 +273,13 @@ pub(crate) mod tests {
     }
 
     const T0: u64 = 1_800_000_000;
+    /// Room for 100 entries with short subjects.
+    const BYTES_100: u64 = 100 * (ENTRY_OVERHEAD as u64 + 16);
 
     #[test]
     fn hit_until_exp_plus_leeway_then_refused() {
         let clock = ManualClock::at(T0);
-        let c = VerifiedCache::new(100, CACHE_MAX_TTL, 5, clock.clone());
+        let c = VerifiedCache::new(BYTES_100, CACHE_MAX_TTL, 5, clock.clone());
         let k = token_hash("a.b.c");
         assert_eq!(c.lookup(&k, 0), Lookup::Miss);
         let v = verified("alice", T0 + 60, Some(T0));
@@ -280,7 +298,7 @@ pub(crate) mod tests {
     #[test]
     fn nbf_is_rechecked() {
         let clock = ManualClock::at(T0);
-        let c = VerifiedCache::new(100, CACHE_MAX_TTL, 5, clock.clone());
+        let c = VerifiedCache::new(BYTES_100, CACHE_MAX_TTL, 5, clock.clone());
         let k = token_hash("a.b.c");
         c.insert(k, &verified("alice", T0 + 60, Some(T0 + 5)), 0);
         assert!(matches!(c.lookup(&k, 0), Lookup::Hit(_)));
@@ -296,7 +314,7 @@ pub(crate) mod tests {
     #[test]
     fn max_ttl_and_generation_force_a_new_verification() {
         let clock = ManualClock::at(T0);
-        let c = VerifiedCache::new(100, Duration::from_secs(300), 0, clock.clone());
+        let c = VerifiedCache::new(BYTES_100, Duration::from_secs(300), 0, clock.clone());
         let k = token_hash("a.b.c");
         c.insert(k, &verified("alice", T0 + 3600, None), 7);
         clock.set(T0 + 299);
@@ -313,7 +331,7 @@ pub(crate) mod tests {
     #[test]
     fn tokens_without_usable_exp_or_already_expired_are_not_kept() {
         let clock = ManualClock::at(T0);
-        let c = VerifiedCache::new(100, CACHE_MAX_TTL, 0, clock.clone());
+        let c = VerifiedCache::new(BYTES_100, CACHE_MAX_TTL, 0, clock.clone());
         let k = token_hash("a.b.c");
         let mut v = verified("alice", T0 + 60, None);
         v.exp = None;
@@ -325,11 +343,16 @@ pub(crate) mod tests {
 
     #[test]
     fn bounded_and_keyed_by_hash() {
-        let clock = ManualClock::at(T0);
-        let c = VerifiedCache::new(16, CACHE_MAX_TTL, 0, clock);
+        // Room for 16 entries with 32-byte subjects.
+        let max = 16 * (ENTRY_OVERHEAD as u64 + 32);
+        let c = VerifiedCache::new(max, CACHE_MAX_TTL, 0, ManualClock::at(T0));
         let tokens: Vec<String> = (0..500).map(|i| format!("header.claims-{i}.sig")).collect();
-        for t in &tokens {
-            c.insert(token_hash(t), &verified(t, T0 + 60, None), 0);
+        for (i, t) in tokens.iter().enumerate() {
+            c.insert(
+                token_hash(t),
+                &verified(&format!("{i:032}"), T0 + 60, None),
+                0,
+            );
         }
         let n = c.len();
         assert!((1..=16).contains(&n), "{n} entries");
@@ -342,5 +365,19 @@ pub(crate) mod tests {
             <[u8; 32]>::from(Sha256::digest(b"x")),
             "the key is SHA-256"
         );
+
+        // Long subjects count for their length: two 1000-byte subjects fill the same room.
+        let c = VerifiedCache::new(max, CACHE_MAX_TTL, 0, ManualClock::at(T0));
+        for i in 0..100 {
+            let t = format!("long-{i}");
+            c.insert(
+                token_hash(&t),
+                &verified(&"x".repeat(1000), T0 + 60, None),
+                0,
+            );
+        }
+        let n = c.len();
+        assert!((1..=2).contains(&n), "{n} entries");
+        assert!(c.weight() <= max, "{}", c.weight());
     }
 }

@@ -157,7 +157,7 @@ impl Authenticator {
             oidc,
             leeway,
             cache: cache::VerifiedCache::new(
-                cache::CACHE_CAPACITY,
+                cache::CACHE_MAX_BYTES,
                 cache::CACHE_MAX_TTL,
                 leeway,
                 clock,
