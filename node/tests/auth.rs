@@ -944,8 +944,15 @@ async fn jwks_rotation_cooldown_and_single_flight() {
     .await;
     let t1 = sign(Algorithm::RS256, &k1.kid, &claims, &k1.enc);
     assert_ok(n.get(status, Some(&t1)).await, "key-1").await;
+    let hits = n.node.state.auth.cache_stats().hits;
     assert_ok(n.get(status, Some(&t1)).await, "key-1 again").await;
     assert_eq!(provider.jwks_hits(), 1, "known keys come from the cache");
+    assert_eq!(
+        n.node.state.auth.cache_stats().hits,
+        hits + 1,
+        "a verified token is not verified again"
+    );
+    let generation = o.key_generation();
 
     // Rotation: the provider now publishes key-2 only. After the cooldown since the start
     // fetch, a key-2 token costs exactly one fetch.
@@ -955,6 +962,7 @@ async fn jwks_rotation_cooldown_and_single_flight() {
     assert_ok(n.get(status, Some(&t2)).await, "key-2 after rotation").await;
     assert_eq!(provider.jwks_hits(), 2);
     assert_eq!(o.fetches(), 2);
+    assert_ne!(o.key_generation(), generation, "the key set changed");
     assert_eq!(provider.discovery_hits(), 2);
     assert_ok(n.get(status, Some(&t2)).await, "key-2 again").await;
     assert_eq!(provider.jwks_hits(), 2);
@@ -1002,6 +1010,7 @@ async fn jwks_rotation_cooldown_and_single_flight() {
     );
 
     // After the cooldown: 50 concurrent unknown kids share exactly one fetch.
+    let generation = o.key_generation();
     tokio::time::sleep(COOLDOWN + Duration::from_millis(300)).await;
     let mut set = flood("b");
     while let Some(r) = set.join_next().await {
@@ -1011,6 +1020,11 @@ async fn jwks_rotation_cooldown_and_single_flight() {
     }
     assert_eq!(provider.jwks_hits(), 3, "one fetch for the whole flood");
     assert_eq!(o.fetches(), 3);
+    assert_eq!(
+        o.key_generation(),
+        generation,
+        "a refetch that finds the same keys keeps cached verifications"
+    );
     // And again at once: nothing more.
     let mut set = flood("c");
     while set.join_next().await.is_some() {}

@@ -11,6 +11,7 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::L
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, encode};
 use sha2::{Digest, Sha256};
 
+use super::cache::Verified;
 use super::{AuthError, LocalClaims, Principal, Role, validation, verify_with};
 
 /// The token key's file, relative to the config directory.
@@ -175,13 +176,17 @@ impl LocalVerifier {
         h.alg == self.alg && (self.kid.is_none() || h.kid == self.kid)
     }
 
-    pub fn verify(&self, token: &str, leeway: u64) -> Result<Principal, AuthError> {
+    pub(crate) fn verify(&self, token: &str, leeway: u64) -> Result<Verified, AuthError> {
         let v = validation(self.alg, &self.issuer, &self.issuer, leeway);
         let c: LocalClaims = verify_with(token, &self.key, &v)?;
-        Ok(Principal {
-            sub: c.sub,
-            role: c.role,
-            source: "local",
+        Ok(Verified {
+            principal: Principal {
+                sub: c.sub,
+                role: c.role,
+                source: "local",
+            },
+            exp: Some(c.exp),
+            nbf: Some(c.nbf),
         })
     }
 }

@@ -8,7 +8,11 @@
 //! Validation pins the algorithm per key (never `none`, never HMAC for OIDC), requires `exp`,
 //! `iss` and `aud`, honours `nbf`, allows `auth.token_leeway` of clock skew, and refuses
 //! tokens over [`MAX_TOKEN_BYTES`]. Tokens never reach logs: errors carry a fixed reason only.
+//!
+//! A successful verification is remembered by the token's SHA-256 until the token expires
+//! (at most [`cache::CACHE_MAX_TTL`]); see [`cache`].
 
+pub mod cache;
 pub mod local;
 pub mod oidc;
 
@@ -111,6 +115,7 @@ pub struct Authenticator {
     local: Option<local::LocalVerifier>,
     oidc: Option<Arc<oidc::OidcVerifier>>,
     leeway: u64,
+    cache: cache::VerifiedCache,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -133,11 +138,31 @@ impl Authenticator {
         } else {
             None
         };
-        Ok(Self {
+        Ok(Self::from_parts(
             local,
             oidc,
-            leeway: a.token_leeway.get().as_secs(),
-        })
+            a.token_leeway.get().as_secs(),
+            Arc::new(cache::SystemClock),
+        ))
+    }
+
+    fn from_parts(
+        local: Option<local::LocalVerifier>,
+        oidc: Option<Arc<oidc::OidcVerifier>>,
+        leeway: u64,
+        clock: Arc<dyn cache::Clock>,
+    ) -> Self {
+        Self {
+            local,
+            oidc,
+            leeway,
+            cache: cache::VerifiedCache::new(
+                cache::CACHE_MAX_BYTES,
+                cache::CACHE_MAX_TTL,
+                leeway,
+                clock,
+            ),
+        }
     }
 
     /// Whether any caller authentication is configured (otherwise the API is open).
@@ -149,11 +174,38 @@ impl Authenticator {
         self.oidc.as_ref()
     }
 
-    /// Verifies a bearer token and returns the caller.
+    /// How the verified-token cache has been doing.
+    pub fn cache_stats(&self) -> cache::CacheStats {
+        self.cache.stats()
+    }
+
+    /// Changes whenever the keys that verify tokens change (an OIDC JWKS refresh with a
+    /// different key set); cached verifications from an older generation are not used.
+    fn key_generation(&self) -> u64 {
+        self.oidc.as_ref().map_or(0, |o| o.key_generation())
+    }
+
+    /// Verifies a bearer token and returns the caller. A token verified before is answered
+    /// from the cache (its `exp` and `nbf` are checked again, its signature is not).
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
+        let key = cache::token_hash(token);
+        // Read before verifying: if the keys change meanwhile, the entry is already stale.
+        let generation = self.key_generation();
+        match self.cache.lookup(&key, generation) {
+            cache::Lookup::Hit(p) => return Ok(p),
+            cache::Lookup::Refused(e) => return Err(e),
+            cache::Lookup::Miss => {}
+        }
+        let v = self.verify(token).await?;
+        self.cache.insert(key, &v, generation);
+        Ok(v.principal)
+    }
+
+    /// Checks a token's signature and claims (no cache).
+    async fn verify(&self, token: &str) -> Result<cache::Verified, AuthError> {
         let header = decode_header(token).map_err(|e| header_error(token, &e))?;
         // Local tokens: our algorithm, and for EdDSA our key id.
         if let Some(l) = &self.local
@@ -204,4 +256,95 @@ pub(crate) fn verify_with<T: serde::de::DeserializeOwned>(
     decode::<T>(token, key, v)
         .map(|d| d.claims)
         .map_err(|e| AuthError::from_jwt(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::cache::tests::ManualClock;
+    use super::cache::{CacheStats, Clock, SystemClock, token_hash};
+    use super::local::{IssueKey, LocalVerifier, TokenKey, issue};
+    use super::*;
+
+    const NODE: &str = "12D3KooWTestNode";
+    const LEEWAY: u64 = 30;
+
+    fn authenticator(dir: &std::path::Path, clock: Arc<dyn Clock>) -> Authenticator {
+        let key = TokenKey::load_or_create(dir).unwrap();
+        Authenticator::from_parts(Some(LocalVerifier::eddsa(&key, NODE)), None, LEEWAY, clock)
+    }
+
+    fn token(dir: &std::path::Path, sub: &str, ttl: Duration) -> String {
+        let key = TokenKey::load_or_create(dir).unwrap();
+        issue(IssueKey::Eddsa(&key), NODE, sub, Role::Viewer, ttl).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_answered_from_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = authenticator(dir.path(), Arc::new(SystemClock));
+        let t = token(dir.path(), "alice", Duration::from_secs(600));
+        let first = a.authenticate(&t).await.unwrap();
+        assert_eq!(first.sub, "alice");
+        assert_eq!(first.role, Role::Viewer);
+        assert_eq!(a.cache_stats(), CacheStats { hits: 0, misses: 1 });
+        for _ in 0..3 {
+            assert_eq!(a.authenticate(&t).await.unwrap(), first);
+        }
+        assert_eq!(a.cache_stats(), CacheStats { hits: 3, misses: 1 });
+        // Keyed by the token's SHA-256.
+        assert_eq!(a.cache.keys(), vec![token_hash(&t)]);
+    }
+
+    #[tokio::test]
+    async fn failures_are_not_cached_and_a_changed_signature_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = authenticator(dir.path(), Arc::new(SystemClock));
+        let t = token(dir.path(), "alice", Duration::from_secs(600));
+        a.authenticate(&t).await.unwrap();
+        // Same header and claims, another signature: another hash, so verified, and refused.
+        let (signed, sig) = t.rsplit_once('.').unwrap();
+        let flipped = if sig.starts_with('A') { 'B' } else { 'A' };
+        let forged = format!("{signed}.{flipped}{}", &sig[1..]);
+        for _ in 0..2 {
+            assert_eq!(a.authenticate(&forged).await, Err(AuthError::Signature));
+        }
+        assert_eq!(a.cache_stats(), CacheStats { hits: 0, misses: 3 });
+        assert_eq!(a.cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_is_refused_once_exp_has_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemClock.now();
+        let clock = ManualClock::at(now);
+        let a = authenticator(dir.path(), clock.clone());
+        let t = token(dir.path(), "alice", Duration::from_secs(60));
+        a.authenticate(&t).await.unwrap();
+        // Within exp + leeway: still served from the cache.
+        clock.set(now + 60 + LEEWAY - 1);
+        assert!(a.authenticate(&t).await.is_ok());
+        assert_eq!(a.cache_stats().hits, 1);
+        // Past it: refused, though the entry was there (the system clock, which the signature
+        // check uses, still says the token is valid: only the cache can refuse it here).
+        clock.set(now + 60 + LEEWAY + 10);
+        assert_eq!(a.authenticate(&t).await, Err(AuthError::Expired));
+        assert_eq!(a.cache_stats().hits, 2);
+    }
+
+    #[tokio::test]
+    async fn a_rebuilt_authenticator_does_not_reuse_verifications() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = authenticator(dir.path(), Arc::new(SystemClock));
+        let t = token(dir.path(), "alice", Duration::from_secs(600));
+        a.authenticate(&t).await.unwrap();
+        // Rotate the token key (delete it) and build the node's authenticator again, as a
+        // restart does: the old token is refused although the old cache still holds it.
+        std::fs::remove_file(TokenKey::path(dir.path())).unwrap();
+        let b = authenticator(dir.path(), Arc::new(SystemClock));
+        assert_eq!(b.authenticate(&t).await, Err(AuthError::UnknownKey));
+        assert_eq!(b.cache.len(), 0);
+        assert!(a.authenticate(&t).await.is_ok());
+    }
 }

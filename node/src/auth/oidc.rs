@@ -18,8 +18,10 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgo
 use jsonwebtoken::{Algorithm, DecodingKey, Header};
 use kos_config::model::{Oidc, OidcAlgorithm};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
+use super::cache::Verified;
 use super::{AuthError, Principal, Role, validation, verify_with};
 
 const MAX_DOC_BYTES: usize = 256 * 1024;
@@ -113,6 +115,10 @@ pub struct OidcVerifier {
     /// When the JWKS was last fetched (or tried); held during a fetch (single flight).
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     fetches: AtomicU64,
+    /// SHA-256 over the accepted keys of the last JWKS (kid, algorithm, JWK).
+    key_set: std::sync::Mutex<Option<[u8; 32]>>,
+    /// Moves when a fetch changes the key set (see [`super::cache`]).
+    key_generation: AtomicU64,
 }
 
 impl std::fmt::Debug for OidcVerifier {
@@ -145,6 +151,8 @@ impl OidcVerifier {
             keys: RwLock::new(HashMap::new()),
             last_fetch: tokio::sync::Mutex::new(None),
             fetches: AtomicU64::new(0),
+            key_set: std::sync::Mutex::new(None),
+            key_generation: AtomicU64::new(0),
         })
     }
 
@@ -155,6 +163,12 @@ impl OidcVerifier {
     /// How many times discovery + JWKS were fetched.
     pub fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Changes whenever a fetch brings a different key set than the one before (a key added,
+    /// removed or replaced); a refetch that finds the same keys leaves it alone.
+    pub fn key_generation(&self) -> u64 {
+        self.key_generation.load(Ordering::Acquire)
     }
 
     async fn get_json(&self, url: &str) -> Result<Value, String> {
@@ -218,6 +232,7 @@ impl OidcVerifier {
         let set: JwkSet = serde_json::from_value(self.get_json(&jwks_uri).await?)
             .map_err(|e| format!("invalid JWKS: {e}"))?;
         let mut keys = HashMap::new();
+        let mut described = BTreeMap::new();
         for jwk in set.keys.iter().take(MAX_KEYS) {
             let (Some(kid), Some(alg)) = (
                 jwk.common.key_id.clone(),
@@ -226,11 +241,24 @@ impl OidcVerifier {
                 continue;
             };
             if let Ok(k) = DecodingKey::from_jwk(jwk) {
+                let jwk_json = serde_json::to_string(jwk).unwrap_or_default();
+                described.insert(kid.clone(), (format!("{alg:?}"), jwk_json));
                 keys.insert(kid, (alg, k));
             }
         }
+        let fingerprint: [u8; 32] = Sha256::digest(
+            serde_json::to_vec(&described).map_err(|e| format!("describing the JWKS: {e}"))?,
+        )
+        .into();
         let n = keys.len();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        // After the keys are in place: a verification that read the old generation may have
+        // used an old key, and its cache entry must not outlive this change.
+        let mut known = self.key_set.lock().unwrap_or_else(|p| p.into_inner());
+        if *known != Some(fingerprint) {
+            *known = Some(fingerprint);
+            self.key_generation.fetch_add(1, Ordering::AcqRel);
+        }
         Ok(n)
     }
 
@@ -278,12 +306,12 @@ impl OidcVerifier {
     }
 
     /// Verifies an OIDC token whose header is already decoded.
-    pub async fn verify(
+    pub(crate) async fn verify(
         &self,
         token: &str,
         header: &Header,
         leeway: u64,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<Verified, AuthError> {
         if !self.algorithms.contains(&header.alg) {
             return Err(AuthError::Algorithm);
         }
@@ -299,10 +327,21 @@ impl OidcVerifier {
         )?;
         let sub = claims["sub"].as_str().unwrap_or("unknown").to_string();
         let role = self.role_of(&claims).ok_or(AuthError::NoRole)?;
-        Ok(Principal {
-            sub,
-            role,
-            source: "oidc",
+        // The cache re-checks exp and nbf as integers; a token where either is something else
+        // (a fraction, say) is verified every time instead.
+        let (exp, nbf) = match claims.get("nbf").map(Value::as_u64) {
+            None => (claims["exp"].as_u64(), None),
+            Some(Some(nbf)) => (claims["exp"].as_u64(), Some(nbf)),
+            Some(None) => (None, None),
+        };
+        Ok(Verified {
+            principal: Principal {
+                sub,
+                role,
+                source: "oidc",
+            },
+            exp,
+            nbf,
         })
     }
 
