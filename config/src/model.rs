@@ -136,6 +136,11 @@ pub struct ApiSection {
     pub request_timeout: Duration,
     /// Largest accepted request body.
     pub max_body_bytes: u32,
+    /// Most HTTP connections open at once (over it, new ones wait in the kernel's backlog,
+    /// or are closed with TLS).
+    pub max_connections: u32,
+    /// Most HTTP connections open at once from one source address (over it, closed).
+    pub max_connections_per_ip: u32,
     /// How long shutdown waits for in-flight requests before giving up.
     pub shutdown_grace: Duration,
     /// Serve HTTPS with this certificate and key (PEM files, relative to the config directory).
@@ -171,6 +176,8 @@ impl Default for ApiSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
+            max_connections: 512,
+            max_connections_per_ip: 64,
             shutdown_grace: Duration::from_secs(10),
             tls: None,
             metrics_auth: MetricsAuth::None,

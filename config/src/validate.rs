@@ -378,6 +378,15 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
         }
     }
 
+    if c.api.max_connections == 0 {
+        cx.error("api.max_connections", "must be at least 1");
+    }
+    if c.api.max_connections_per_ip == 0 || c.api.max_connections_per_ip > c.api.max_connections {
+        cx.error(
+            "api.max_connections_per_ip",
+            "must be at least 1 and at most api.max_connections",
+        );
+    }
     if c.api.max_body_bytes < 1024 {
         cx.error("api.max_body_bytes", "must be at least 1024");
     }

@@ -502,6 +502,10 @@ pub async fn start_with_shutdown(
     }
     let token = shutdown.clone();
     let st = state.clone();
+    let limits = crate::api::conn_limit::ConnLimits::new(
+        state.boot.config.api.max_connections,
+        state.boot.config.api.max_connections_per_ip,
+    );
     let task = tokio::spawn(async move {
         let serve_token = token.clone();
         let tls_handle = axum_server::Handle::new();
@@ -510,15 +514,18 @@ pub async fn start_with_shutdown(
             match tls {
                 None => {
                     axum::serve(
-                        listener,
-                        app.into_make_service_with_connect_info::<SocketAddr>(),
+                        crate::api::conn_limit::LimitedListener::new(listener, limits),
+                        app.into_make_service(),
                     )
                     .with_graceful_shutdown(async move { serve_token.cancelled().await })
                     .await
                 }
                 Some(config) => {
                     let std_listener = listener.into_std()?;
-                    axum_server::from_tcp_rustls(std_listener, config)?
+                    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+                        .acceptor(crate::api::conn_limit::LimitAcceptor { limits });
+                    axum_server::from_tcp(std_listener)?
+                        .acceptor(acceptor)
                         .handle(h)
                         .serve(app.into_make_service_with_connect_info::<SocketAddr>())
                         .await

@@ -838,3 +838,45 @@ async fn requests_with_a_body_in_flight_are_bounded() {
     )
     .await;
 }
+
+/// The API bounds its connections per source address (and in all): over the bound a new
+/// connection is closed at once, and a freed slot is usable again.
+#[tokio::test]
+async fn connections_are_bounded_per_source_address() {
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    kos_config::layout::init_layout(dir.path(), ProfileKind::Standalone).unwrap();
+    let mut o = NodeOptions::local(dir.path().to_path_buf());
+    o.load.env = [(
+        "KOS_API__MAX_CONNECTIONS_PER_IP".to_string(),
+        "2".to_string(),
+    )]
+    .into();
+    let node = start(o).await.unwrap();
+    let held_a = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let _held_b = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    // The third from the same address is accepted by the kernel, then closed by the node.
+    let mut third = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(Duration::from_secs(20), third.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        other => panic!("the third connection was not closed: {other:?}"),
+    }
+    let fresh = || Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let url = format!("http://{}/healthz", node.addr);
+    assert!(fresh().get(&url).send().await.is_err(), "no slot: refused");
+    drop(held_a);
+    kos_tests::fed::wait_until(
+        "a freed slot serves requests again",
+        Duration::from_secs(20),
+        async || {
+            fresh()
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        },
+    )
+    .await;
+}

@@ -38,6 +38,7 @@
 
 pub mod authz;
 mod config;
+pub mod conn_limit;
 mod federation;
 mod ops;
 mod peers;
