@@ -30,6 +30,7 @@
 //! `v=<MAP version>` only, browses for the same type and dials what it finds; MAP decides.
 
 mod discovery;
+mod gate;
 pub mod peers;
 mod swarm;
 
