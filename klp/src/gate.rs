@@ -7,8 +7,11 @@
 //! - a **known** source (an address of an approved peer: listed in `peers.list`, or seen on a
 //!   connection whose noise handshake proved it is that peer) may use every pending slot;
 //! - an **unknown** source may hold at most [`GateLimits::per_source`] pending connections,
-//!   and all unknown sources together at most `total - reserved`, so approved peers always
-//!   find [`GateLimits::reserved`] slots free however many strangers are knocking.
+//!   the unknown sources of one network (IPv4 /24, IPv6 /48) at most
+//!   [`GateLimits::per_network`], and all unknown sources together at most
+//!   `total - reserved`, so approved peers always find [`GateLimits::reserved`] slots free
+//!   however many strangers are knocking, and a stranger from elsewhere finds a slot unless
+//!   the flood is spread over at least `(total - reserved) / per_network` networks.
 //!
 //! A source is an IPv4 address or an IPv6 /64 (one host usually has a whole /64).
 //! [`Gate`] is the thin `NetworkBehaviour` that asks [`PendingInbound`] and releases slots
@@ -38,6 +41,8 @@ pub(crate) struct GateLimits {
     pub reserved: usize,
     /// Pending connections one unknown source may hold.
     pub per_source: usize,
+    /// Pending connections the unknown sources of one network may hold together.
+    pub per_network: usize,
 }
 
 /// The node's limits (documented in ARCHITECTURE.md, "KLP: connection admission").
@@ -45,6 +50,7 @@ pub(crate) const LIMITS: GateLimits = GateLimits {
     total: 64,
     reserved: 16,
     per_source: 8,
+    per_network: 16,
 };
 
 /// Where a connection comes from: an IPv4 address, an IPv6 /64, or no IP at all.
@@ -69,6 +75,17 @@ impl Source {
         }
     }
 
+    /// The network a source belongs to: IPv4 /24, IPv6 /48.
+    pub(crate) fn network(self) -> Source {
+        match self {
+            Source::V4([a, b, c, _]) => Source::V4([a, b, c, 0]),
+            Source::V6Prefix([a, b, c, d, e, f, _, _]) => {
+                Source::V6Prefix([a, b, c, d, e, f, 0, 0])
+            }
+            Source::Unaddressed => Source::Unaddressed,
+        }
+    }
+
     /// The source of a multiaddr (its first IP component).
     pub(crate) fn of_addr(addr: &Multiaddr) -> Source {
         addr.iter()
@@ -86,6 +103,8 @@ impl Source {
 pub(crate) enum Refused {
     #[error("this source already has {0} connections waiting for their security handshake")]
     PerSource(usize),
+    #[error("this network already has {0} connections waiting for their security handshake")]
+    PerNetwork(usize),
     #[error("{0} connections from unknown sources are waiting for their security handshake")]
     Unknown(usize),
     #[error("{0} connections are waiting for their security handshake")]
@@ -99,8 +118,9 @@ pub(crate) struct PendingInbound<K> {
     known: HashSet<Source>,
     /// Each pending connection: its source and whether it was admitted as known.
     pending: HashMap<K, (Source, bool)>,
-    /// Pending connections admitted as unknown, per source.
+    /// Pending connections admitted as unknown, per source and per network.
     per_source: HashMap<Source, usize>,
+    per_network: HashMap<Source, usize>,
     unknown: usize,
 }
 
@@ -111,6 +131,7 @@ impl<K: Copy + Eq + Hash> PendingInbound<K> {
             known: HashSet::new(),
             pending: HashMap::new(),
             per_source: HashMap::new(),
+            per_network: HashMap::new(),
             unknown: 0,
         }
     }
@@ -141,10 +162,19 @@ impl<K: Copy + Eq + Hash> PendingInbound<K> {
             if from_source >= self.limits.per_source {
                 return Err(Refused::PerSource(from_source));
             }
+            let from_network = self
+                .per_network
+                .get(&source.network())
+                .copied()
+                .unwrap_or(0);
+            if from_network >= self.limits.per_network {
+                return Err(Refused::PerNetwork(from_network));
+            }
             if self.unknown >= self.limits.total.saturating_sub(self.limits.reserved) {
                 return Err(Refused::Unknown(self.unknown));
             }
             *self.per_source.entry(source).or_default() += 1;
+            *self.per_network.entry(source.network()).or_default() += 1;
             self.unknown += 1;
         }
         self.pending.insert(id, (source, known));
@@ -160,17 +190,22 @@ impl<K: Copy + Eq + Hash> PendingInbound<K> {
             return;
         }
         self.unknown = self.unknown.saturating_sub(1);
-        if let Some(n) = self.per_source.get_mut(&source) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_source.remove(&source);
-            }
-        }
+        decrement(&mut self.per_source, source);
+        decrement(&mut self.per_network, source.network());
     }
 
     /// Pending connections (all, and from unknown sources).
     pub(crate) fn counts(&self) -> (usize, usize) {
         (self.pending.len(), self.unknown)
+    }
+}
+
+fn decrement(counts: &mut HashMap<Source, usize>, key: Source) {
+    if let Some(n) = counts.get_mut(&key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(&key);
+        }
     }
 }
 
@@ -270,6 +305,7 @@ mod tests {
         total: 10,
         reserved: 4,
         per_source: 3,
+        per_network: 5,
     };
 
     fn v4(a: u8, b: u8) -> Source {
@@ -295,11 +331,11 @@ mod tests {
     fn unknown_sources_together_leave_the_reserve_to_known_ones() {
         let mut g = PendingInbound::new(L);
         g.set_known([v4(9, 9)]);
-        // Six unknown sources fill the unknown share (10 - 4).
+        // Six unknown sources in six networks fill the unknown share (10 - 4).
         for id in 0..6u32 {
-            g.try_admit(id, v4(1, id as u8)).unwrap();
+            g.try_admit(id, v4(id as u8, 1)).unwrap();
         }
-        assert_eq!(g.try_admit(100, v4(2, 0)), Err(Refused::Unknown(6)));
+        assert_eq!(g.try_admit(100, v4(7, 0)), Err(Refused::Unknown(6)));
         // The known source uses the reserve, and past it whatever is left.
         for id in 200..204 {
             g.try_admit(id, v4(9, 9)).unwrap();
@@ -309,11 +345,30 @@ mod tests {
         // unknown sources.
         g.release(200);
         assert_eq!(g.counts(), (9, 6));
-        assert_eq!(g.try_admit(101, v4(2, 0)), Err(Refused::Unknown(6)));
+        assert_eq!(g.try_admit(101, v4(7, 0)), Err(Refused::Unknown(6)));
         g.try_admit(205, v4(9, 9)).unwrap();
         g.release(0);
         assert_eq!(g.counts(), (9, 5));
-        g.try_admit(102, v4(2, 0)).unwrap();
+        g.try_admit(102, v4(7, 0)).unwrap();
+    }
+
+    #[test]
+    fn the_sources_of_one_network_are_bounded_together() {
+        let mut g = PendingInbound::new(L);
+        // Five sources of 10.0.1.0/24, one connection each: the network's share.
+        for id in 0..5u32 {
+            g.try_admit(id, v4(1, id as u8)).unwrap();
+        }
+        assert_eq!(g.try_admit(5, v4(1, 200)), Err(Refused::PerNetwork(5)));
+        // Another network is not affected, and a slot freed in the first is usable again.
+        g.try_admit(6, v4(2, 1)).unwrap();
+        g.release(3);
+        g.try_admit(7, v4(1, 200)).unwrap();
+        assert_eq!(g.counts(), (6, 6));
+        // A known source in that network is not charged to it.
+        g.set_known([v4(1, 50)]);
+        g.try_admit(8, v4(1, 50)).unwrap();
+        assert_eq!(g.try_admit(9, v4(1, 201)), Err(Refused::PerNetwork(5)));
     }
 
     #[test]
@@ -346,7 +401,7 @@ mod tests {
         g.release(1);
         g.release(7);
         assert_eq!(g.counts(), (0, 0));
-        assert!(g.per_source.is_empty());
+        assert!(g.per_source.is_empty() && g.per_network.is_empty());
     }
 
     #[test]
@@ -356,6 +411,13 @@ mod tests {
         let c: Ipv6Addr = "2001:db8:1:3::1".parse().unwrap();
         assert_eq!(Source::of_ip(a.into()), Source::of_ip(b.into()));
         assert_ne!(Source::of_ip(a.into()), Source::of_ip(c.into()));
+        let d: Ipv6Addr = "2001:db8:1:ffff::1".parse().unwrap();
+        assert_eq!(
+            Source::of_ip(a.into()).network(),
+            Source::of_ip(d.into()).network()
+        );
+        assert_eq!(v4(3, 7).network(), v4(3, 200).network());
+        assert_ne!(v4(3, 7).network(), v4(4, 7).network());
         let mapped: Ipv6Addr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(Source::of_ip(mapped.into()), v4(0, 1));
         let addr: Multiaddr = "/ip4/10.0.0.1/tcp/4001".parse().unwrap();
