@@ -1519,13 +1519,14 @@ impl EventLoop {
         self.refresh_known_sources();
     }
 
-    /// Tells the gate which sources belong to approved peers: their listed addresses and the
-    /// addresses their connections came from.
+    /// Tells the gate which sources belong to approved peers (not denied): their listed
+    /// addresses and the addresses their connections came from.
     fn refresh_known_sources(&mut self) {
         let known: Vec<Source> = self
             .peers
-            .values()
-            .filter_map(|p| p.approved.as_ref().map(|e| (e, p)))
+            .iter()
+            .filter(|(id, _)| !self.denied.contains(id))
+            .filter_map(|(_, p)| p.approved.as_ref().map(|e| (e, p)))
             .flat_map(|(e, p)| {
                 e.addrs
                     .iter()
@@ -1643,6 +1644,7 @@ impl EventLoop {
             }
             Command::SetDenied { peers, reply } => {
                 self.denied = peers.into_iter().collect();
+                self.refresh_known_sources();
                 let to_close: Vec<PeerId> = self
                     .denied
                     .iter()
