@@ -8,8 +8,11 @@
 //! TCP and QUIC, noise, yamux, DNS. Behaviours, in gating order:
 //! 1. **blocklist** (`allow_block_list::BlockedPeers`): peers banned by the operator or, for a
 //!    while, for failing verification;
-//! 2. **connection limits**, which approved peers bypass;
-//! 3. identify, ping, gossipsub (strict signing, content-hash message ids, application-level
+//! 2. **pending-inbound gate** (`gate.rs`): connections that have not finished noise and
+//!    yamux (2 s at most) are bounded per source address and network, with slots reserved
+//!    for the addresses of approved peers;
+//! 3. **connection limits** on established connections, which approved peers bypass;
+//! 4. identify, ping, gossipsub (strict signing, content-hash message ids, application-level
 //!    validation: only admitted peers' messages are accepted; mesh 2/4/8, outbound min 1),
 //!    request-response (CBOR) carrying MAP and later agent calls, and kademlia in server mode
 //!    under the federation's own protocol name (`/kos/<network>/kad/1.0.0`).
@@ -30,6 +33,7 @@
 //! `v=<MAP version>` only, browses for the same type and dials what it finds; MAP decides.
 
 mod discovery;
+mod gate;
 pub mod peers;
 mod swarm;
 

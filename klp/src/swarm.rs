@@ -9,19 +9,21 @@ use kos_map_protocol::{
     GoodbyeReason, MAP_VERSION, Manifest, MapMessage, NodeId, ReplayGuard, Skill, VersionRange,
     negotiate, open, seal,
 };
-use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::timeout::TransportTimeout;
+use libp2p::core::{ConnectedPoint, upgrade};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, dial_opts::DialOpts};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub,
-    identify, identity, kad, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, Transport, allow_block_list, connection_limits,
+    gossipsub, identify, identity, kad, noise, ping, tcp, yamux,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::discovery::{Discovered, Discovery};
+use crate::gate::{self, Gate, Source};
 use crate::peers::PeerEntry;
 use crate::{HandshakeState, KlpConfig, KlpEvent, PeerInfo, Refusal, RefusedBy};
 
@@ -44,6 +46,12 @@ const REDIAL_MIN: Duration = Duration::from_secs(1);
 const REDIAL_MAX: Duration = Duration::from_secs(60);
 /// How soon a listed peer that refused us as not approved is dialed again.
 const KNOCK_INTERVAL: Duration = Duration::from_secs(3);
+/// How long an inbound TCP connection may take to finish its security (noise) and muxer
+/// (yamux) negotiation. Both take about two round trips; the rest is a socket that is not
+/// going to speak.
+pub(crate) const INBOUND_UPGRADE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Addresses remembered per approved peer, from connections its key proved (see `gate`).
+const SEEN_SOURCES: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KlpError {
@@ -136,6 +144,7 @@ pub struct InboundCall {
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    gate: Gate,
     limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -220,13 +229,23 @@ impl Klp {
 
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| KlpError::Transport(e.to_string()))?
             .with_quic()
+            // TCP as `with_tcp` builds it, plus a short deadline for an inbound connection's
+            // security and muxer negotiation: a socket that never starts noise gives its
+            // pending slot back after `INBOUND_UPGRADE_TIMEOUT`, not after the builder's 10 s
+            // (which still bounds our own dials, TCP connect included).
+            .with_other_transport(|key| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    TransportTimeout::with_ingoing_timeout(
+                        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                            .upgrade(upgrade::Version::V1Lazy)
+                            .authenticate(noise::Config::new(key)?)
+                            .multiplex(yamux::Config::default()),
+                        INBOUND_UPGRADE_TIMEOUT,
+                    ),
+                )
+            })
+            .map_err(|e| KlpError::Transport(e.to_string()))?
             .with_dns()
             .map_err(|e| KlpError::Transport(e.to_string()))?
             .with_behaviour(|key| build_behaviour(key, &cfg, &network))
@@ -527,8 +546,9 @@ fn build_behaviour(
     network: &str,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let local = key.public().to_peer_id();
+    // Pending inbound connections are bounded by the gate (per source, with a reserve for
+    // approved peers).
     let limits = connection_limits::ConnectionLimits::default()
-        .with_max_pending_incoming(Some(64))
         .with_max_pending_outgoing(Some(64))
         .with_max_established(Some(cfg.max_connections))
         .with_max_established_per_peer(Some(cfg.max_connections_per_peer));
@@ -571,6 +591,7 @@ fn build_behaviour(
     let kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad_cfg);
     Ok(Behaviour {
         blocked: allow_block_list::Behaviour::default(),
+        gate: Gate::new(gate::LIMITS),
         limits: connection_limits::Behaviour::new(limits),
         identify: identify::Behaviour::new(
             identify::Config::new("/kos/klp/1.0.0".into(), key.public())
@@ -596,6 +617,8 @@ struct Peer {
     last_seen_ms: Option<u64>,
     last_refusal: Option<Refusal>,
     next_redial: Option<(Instant, Duration)>,
+    /// Where its connections came from, most recent last (kept while it is approved).
+    seen_sources: Vec<Source>,
 }
 
 struct EventLoop {
@@ -845,15 +868,31 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
-                let admitted = {
+                let source = Source::of_addr(endpoint.get_remote_address());
+                let (admitted, new_source) = {
                     let p = self.peers.entry(peer_id).or_default();
                     p.connections.insert(connection_id);
+                    // The noise handshake proved the key: an approved peer's address becomes
+                    // a known source for the gate.
+                    let new_source = p.approved.is_some()
+                        && source != Source::Unaddressed
+                        && p.seen_sources.last() != Some(&source);
+                    if new_source {
+                        p.seen_sources.retain(|s| *s != source);
+                        p.seen_sources.push(source);
+                        if p.seen_sources.len() > SEEN_SOURCES {
+                            p.seen_sources.remove(0);
+                        }
+                    }
                     p.last_seen_ms = Some(now_ms());
                     if p.state != Some(HandshakeState::Admitted) {
                         p.state = Some(HandshakeState::Handshaking);
                     }
-                    p.state == Some(HandshakeState::Admitted)
+                    (p.state == Some(HandshakeState::Admitted), new_source)
                 };
+                if new_source {
+                    self.refresh_known_sources();
+                }
                 let total = self.total_connections();
                 debug!(peer = %peer_id, dialer = endpoint.is_dialer(), total, "connection established");
                 self.emit(KlpEvent::ConnectionOpened {
@@ -1444,6 +1483,7 @@ impl EventLoop {
                 let p = self.peers.entry(id).or_default();
                 p.approved = None;
                 p.next_redial = None;
+                p.seen_sources.clear();
                 let connected = !p.connections.is_empty();
                 if handshake_required && connected {
                     info!(peer = %id, "removed from peers.list: disconnecting");
@@ -1476,6 +1516,26 @@ impl EventLoop {
                 self.send_hello(id);
             }
         }
+        self.refresh_known_sources();
+    }
+
+    /// Tells the gate which sources belong to approved peers (not denied): their listed
+    /// addresses and the addresses their connections came from.
+    fn refresh_known_sources(&mut self) {
+        let known: Vec<Source> = self
+            .peers
+            .iter()
+            .filter(|(id, _)| !self.denied.contains(id))
+            .filter_map(|(_, p)| p.approved.as_ref().map(|e| (e, p)))
+            .flat_map(|(e, p)| {
+                e.addrs
+                    .iter()
+                    .filter_map(|a| Multiaddr::from_str(a).ok())
+                    .map(|a| Source::of_addr(&a))
+                    .chain(p.seen_sources.iter().copied())
+            })
+            .collect();
+        self.swarm.behaviour_mut().gate.pending.set_known(known);
     }
 
     fn on_discovered(&mut self, d: Discovered) {
@@ -1584,6 +1644,7 @@ impl EventLoop {
             }
             Command::SetDenied { peers, reply } => {
                 self.denied = peers.into_iter().collect();
+                self.refresh_known_sources();
                 let to_close: Vec<PeerId> = self
                     .denied
                     .iter()
