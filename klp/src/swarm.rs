@@ -52,6 +52,11 @@ const KNOCK_INTERVAL: Duration = Duration::from_secs(3);
 pub(crate) const INBOUND_UPGRADE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Addresses remembered per approved peer, from connections its key proved (see `gate`).
 const SEEN_SOURCES: usize = 4;
+/// Peers the node keeps an entry for although they are not approved, not connected and not
+/// due for a redial (refused strangers, DNS-SD announcements): the most recently seen this
+/// many. Every new peer id that connects or is announced gets an entry, and a fresh id costs
+/// an attacker nothing, so the table is bounded here.
+const MAX_IDLE_STRANGERS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KlpError {
@@ -561,6 +566,9 @@ fn build_behaviour(
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .max_transmit_size(256 * 1024)
+        // Messages queued for one peer's connection (5000 by default, i.e. up to 1.25 GiB of
+        // 256 KiB messages for a peer that reads slowly); anti-entropy repairs what is dropped.
+        .connection_handler_queue_len(256)
         .message_id_fn(|m: &gossipsub::Message| {
             use sha2::{Digest, Sha256};
             // Content-addressed: the same bytes from the same author on the same topic are one
@@ -1443,6 +1451,14 @@ impl EventLoop {
                 p.next_redial = Some((now + backoff, next));
             }
         }
+        self.forget_idle_strangers();
+    }
+
+    /// Forgets the least recently seen idle strangers beyond [`MAX_IDLE_STRANGERS`].
+    fn forget_idle_strangers(&mut self) {
+        for id in idle_strangers_to_forget(&self.peers, MAX_IDLE_STRANGERS) {
+            self.peers.remove(&id);
+        }
     }
 
     fn dial_peer(&mut self, id: PeerId, addrs: &[String]) {
@@ -1725,5 +1741,69 @@ impl EventLoop {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+}
+
+/// Peers to forget: not approved, not connected, no redial due; the least recently seen
+/// beyond `keep` of them (never seen counts as oldest).
+fn idle_strangers_to_forget(peers: &HashMap<PeerId, Peer>, keep: usize) -> Vec<PeerId> {
+    let mut idle: Vec<(u64, PeerId)> = peers
+        .iter()
+        .filter(|(_, p)| {
+            p.approved.is_none() && p.connections.is_empty() && p.next_redial.is_none()
+        })
+        .map(|(id, p)| (p.last_seen_ms.unwrap_or(0), *id))
+        .collect();
+    if idle.len() <= keep {
+        return Vec::new();
+    }
+    idle.sort_unstable();
+    let excess = idle.len() - keep;
+    idle.into_iter().take(excess).map(|(_, id)| id).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_strangers_are_bounded_keeping_the_most_recent_and_the_busy() {
+        let mut peers: HashMap<PeerId, Peer> = HashMap::new();
+        let mut by_age = Vec::new();
+        for i in 0..10u64 {
+            let id = PeerId::random();
+            peers.insert(
+                id,
+                Peer {
+                    last_seen_ms: Some(1000 + i),
+                    ..Peer::default()
+                },
+            );
+            by_age.push(id);
+        }
+        // Connected and redialed strangers are never forgotten, however old.
+        let connected = PeerId::random();
+        let mut p = Peer::default();
+        p.connections.insert(ConnectionId::new_unchecked(7));
+        peers.insert(connected, p);
+        let redial = PeerId::random();
+        peers.insert(
+            redial,
+            Peer {
+                next_redial: Some((Instant::now(), REDIAL_MIN)),
+                ..Peer::default()
+            },
+        );
+        assert!(idle_strangers_to_forget(&peers, 10).is_empty());
+        let mut gone = idle_strangers_to_forget(&peers, 4);
+        gone.sort();
+        let mut oldest: Vec<PeerId> = by_age[..6].to_vec();
+        oldest.sort();
+        assert_eq!(gone, oldest, "the six least recently seen");
+        for id in gone {
+            peers.remove(&id);
+        }
+        assert!(peers.contains_key(&connected) && peers.contains_key(&redial));
+        assert_eq!(peers.len(), 6);
     }
 }
