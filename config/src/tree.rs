@@ -331,7 +331,7 @@ pub fn parse_yaml(text: &str, source: &str) -> Result<Node, Vec<Diagnostic>> {
     let mut builder = Builder {
         src: src.clone(),
         stack: Vec::new(),
-        anchors: Vec::new(),
+        anchors: std::collections::HashMap::new(),
         budget: Weight::default(),
         root: None,
         docs: 0,
@@ -375,6 +375,8 @@ enum Frame {
         node: Node,
         anchor: usize,
         pending_key: Option<(String, Location)>,
+        /// Keys seen so far, with their line (duplicate check without a scan).
+        keys: std::collections::HashMap<String, u32>,
     },
 }
 
@@ -413,7 +415,17 @@ impl Weight {
                     bytes: 0,
                     depth: 1,
                 },
-                |w, e| w.with_child(Weight::of(&e.value), e.key.len()),
+                // Each key was a node (a scalar) when it was parsed: count it as one.
+                |w, e| {
+                    w.with_child(Weight::of(&e.value), e.key.len()).with_child(
+                        Weight {
+                            nodes: 1,
+                            bytes: 0,
+                            depth: 0,
+                        },
+                        0,
+                    )
+                },
             ),
         }
     }
@@ -433,8 +445,9 @@ impl Weight {
 struct Builder {
     src: Arc<str>,
     stack: Vec<Frame>,
-    /// Anchored nodes with what one copy of each costs.
-    anchors: Vec<(usize, Node, Weight)>,
+    /// Anchored nodes (by anchor id; a redefined anchor replaces the earlier one) with what
+    /// one copy of each costs.
+    anchors: std::collections::HashMap<usize, (Node, Weight)>,
     /// What the document has built so far, alias copies and anchor copies included.
     budget: Weight,
     root: Option<Node>,
@@ -478,14 +491,14 @@ impl Builder {
                 self.push(Node::new(value, loc), anchor)?;
             }
             Event::Alias(id) => {
-                let Some(i) = self.anchors.iter().rposition(|(a, _, _)| *a == id) else {
+                let Some((_, weight)) = self.anchors.get(&id) else {
                     return Err(Diagnostic::error(
                         loc,
                         "",
                         "alias refers to an unknown anchor",
                     ));
                 };
-                let weight = self.anchors[i].2;
+                let weight = *weight;
                 // Checked before the copy is made: a bomb fails here, small.
                 if self.stack.len().saturating_add(weight.depth) > MAX_DEPTH {
                     return Err(Diagnostic::error(
@@ -495,7 +508,14 @@ impl Builder {
                     ));
                 }
                 self.charge(weight, &loc)?;
-                let node = self.anchors[i].1.clone();
+                let Some((node, _)) = self.anchors.get(&id) else {
+                    return Err(Diagnostic::error(
+                        loc,
+                        "",
+                        "alias refers to an unknown anchor",
+                    ));
+                };
+                let node = node.clone();
                 self.push(node, 0)?;
             }
             Event::SequenceStart(anchor, _) => {
@@ -527,6 +547,7 @@ impl Builder {
                     node: Node::new(Value::Map(Vec::new()), loc),
                     anchor,
                     pending_key: None,
+                    keys: std::collections::HashMap::new(),
                 });
             }
             Event::SequenceEnd | Event::MappingEnd => {
@@ -587,7 +608,7 @@ impl Builder {
             // The anchor table keeps its own copy: that costs as much as the node.
             let weight = Weight::of(&node);
             self.charge(weight, &node.loc)?;
-            self.anchors.push((anchor, node.clone(), weight));
+            self.anchors.insert(anchor, (node.clone(), weight));
         }
         match self.stack.last_mut() {
             None => {
@@ -601,6 +622,7 @@ impl Builder {
             Some(Frame::Map {
                 node: parent,
                 pending_key,
+                keys,
                 ..
             }) => match pending_key.take() {
                 None => {
@@ -622,18 +644,14 @@ impl Builder {
                             "merge keys (`<<`) are not supported; write the keys out",
                         ));
                     }
-                    if let Value::Map(entries) = &parent.value
-                        && let Some(first) = entries.iter().find(|e| e.key == key)
-                    {
+                    if let Some(first_line) = keys.get(&key) {
                         return Err(Diagnostic::error(
                             node.loc,
                             "",
-                            format!(
-                                "duplicate key `{key}` (first defined at line {})",
-                                first.key_loc.line
-                            ),
+                            format!("duplicate key `{key}` (first defined at line {first_line})"),
                         ));
                     }
+                    keys.insert(key.clone(), node.loc.line);
                     *pending_key = Some((key, node.loc));
                 }
                 Some((key, key_loc)) => {
@@ -755,6 +773,36 @@ mod tests {
             e[0].to_string(),
             format!("body:1:1: larger than the limit of {MAX_SOURCE_BYTES} bytes")
         );
+    }
+
+    #[test]
+    fn aliased_mappings_count_their_keys() {
+        // 600 keys; each alias copy is 1201 nodes (the map, 600 keys, 600 values).
+        let keys: Vec<String> = (0..600).map(|i| format!("k{i}: {i}")).collect();
+        let base = format!("m: &m {{{}}}\n", keys.join(", "));
+        let within = format!("{base}c: [{}]\n", vec!["*m"; 70].join(", "));
+        assert!(parse_yaml(&within, "f").is_ok());
+        // 85 copies are 102 085 nodes: over the bound only when keys count.
+        let over = format!("{base}c: [{}]\n", vec!["*m"; 85].join(", "));
+        let e = parse_yaml(&over, "f").unwrap_err();
+        assert!(e[0].message.contains("100000 values"), "{}", e[0]);
+    }
+
+    #[test]
+    fn many_keys_and_anchors_are_looked_up_by_index() {
+        // 30 000 keys in one mapping and 15 000 anchors (duplicate keys and aliases are found
+        // through hash maps, not by scanning every earlier key or anchor).
+        let mut doc = String::new();
+        for i in 0..15_000 {
+            doc.push_str(&format!("k{i}: &a{i} {i}\n"));
+        }
+        for i in 0..15_000 {
+            doc.push_str(&format!("r{i}: *a{i}\n"));
+        }
+        let n = parse_yaml(&doc, "f").unwrap();
+        assert_eq!(n.at_path("r14999").unwrap().as_str(), Some("14999"));
+        let e = parse_yaml(&format!("{doc}k7: 1\n"), "f").unwrap_err();
+        assert_eq!(e[0].message, "duplicate key `k7` (first defined at line 8)");
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! all the node knows is where it comes from. [`PendingInbound`] decides, per connection:
 //!
 //! - a **known** source (an address of an approved peer: listed in `peers.list`, or seen on a
-//!   connection whose noise handshake proved it is that peer) may use every pending slot;
+//!   connection whose noise handshake proved it is that peer) may use the reserved slots too,
+//!   but holds at most [`GateLimits::per_source`] pending connections unless it is loopback
+//!   (a QUIC Initial is accepted before its source address is validated, so a listed address
+//!   can be spoofed);
 //! - an **unknown** source may hold at most [`GateLimits::per_source`] pending connections,
 //!   the unknown sources of one network (IPv4 /24, IPv6 /48) at most
 //!   [`GateLimits::per_network`], and all unknown sources together at most
@@ -86,6 +89,14 @@ impl Source {
         }
     }
 
+    /// Loopback (`127.0.0.0/8`, `::1`): cannot be spoofed from another host.
+    pub(crate) fn is_loopback(self) -> bool {
+        matches!(
+            self,
+            Source::V4([127, ..]) | Source::V6Prefix([0, 0, 0, 0, 0, 0, 0, 0])
+        )
+    }
+
     /// The source of a multiaddr (its first IP component).
     pub(crate) fn of_addr(addr: &Multiaddr) -> Source {
         addr.iter()
@@ -120,6 +131,8 @@ pub(crate) struct PendingInbound<K> {
     pending: HashMap<K, (Source, bool)>,
     /// Pending connections admitted as unknown, per source and per network.
     per_source: HashMap<Source, usize>,
+    /// Pending connections admitted as known, per (non-loopback) source.
+    known_per_source: HashMap<Source, usize>,
     per_network: HashMap<Source, usize>,
     unknown: usize,
 }
@@ -131,6 +144,7 @@ impl<K: Copy + Eq + Hash> PendingInbound<K> {
             known: HashSet::new(),
             pending: HashMap::new(),
             per_source: HashMap::new(),
+            known_per_source: HashMap::new(),
             per_network: HashMap::new(),
             unknown: 0,
         }
@@ -157,6 +171,17 @@ impl<K: Copy + Eq + Hash> PendingInbound<K> {
             return Err(Refused::Total(self.pending.len()));
         }
         let known = self.known.contains(&source);
+        if known && !source.is_loopback() {
+            // A known address may use the reserve, but not all of it: a QUIC Initial is
+            // accepted before its source address is validated, so an approved peer's listed
+            // address can be spoofed. Loopback cannot be, and is where a local testnet's
+            // peers all come from.
+            let from_source = self.known_per_source.get(&source).copied().unwrap_or(0);
+            if from_source >= self.limits.per_source {
+                return Err(Refused::PerSource(from_source));
+            }
+            *self.known_per_source.entry(source).or_default() += 1;
+        }
         if !known {
             let from_source = self.per_source.get(&source).copied().unwrap_or(0);
             if from_source >= self.limits.per_source {
@@ -187,6 +212,9 @@ impl<K: Copy + Eq + Hash> PendingInbound<K> {
             return;
         };
         if known {
+            if !source.is_loopback() {
+                decrement(&mut self.known_per_source, source);
+            }
             return;
         }
         self.unknown = self.unknown.saturating_sub(1);
@@ -330,15 +358,16 @@ mod tests {
     #[test]
     fn unknown_sources_together_leave_the_reserve_to_known_ones() {
         let mut g = PendingInbound::new(L);
-        g.set_known([v4(9, 9)]);
+        g.set_known([v4(9, 9), v4(9, 8)]);
         // Six unknown sources in six networks fill the unknown share (10 - 4).
         for id in 0..6u32 {
             g.try_admit(id, v4(id as u8, 1)).unwrap();
         }
         assert_eq!(g.try_admit(100, v4(7, 0)), Err(Refused::Unknown(6)));
-        // The known source uses the reserve, and past it whatever is left.
+        // Known sources use the reserve, and past it whatever is left.
         for id in 200..204 {
-            g.try_admit(id, v4(9, 9)).unwrap();
+            let from = if id < 202 { v4(9, 9) } else { v4(9, 8) };
+            g.try_admit(id, from).unwrap();
         }
         assert_eq!(g.try_admit(204, v4(9, 9)), Err(Refused::Total(10)));
         // An unknown slot freed goes to whoever comes next; a known one is not charged to
@@ -372,19 +401,30 @@ mod tests {
     }
 
     #[test]
-    fn a_known_source_is_not_limited_per_source() {
+    fn a_known_source_is_bounded_per_source_but_loopback_is_not() {
         let mut g = PendingInbound::new(L);
-        g.set_known([v4(9, 9)]);
-        for id in 0..10 {
+        let lo = Source::of_ip(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
+        g.set_known([v4(9, 9), v4(9, 8), lo]);
+        // A known (spoofable) address gets per_source slots, from the reserve too...
+        for id in 0..3 {
             g.try_admit(id, v4(9, 9)).unwrap();
         }
-        assert_eq!(g.try_admit(10, v4(9, 9)), Err(Refused::Total(10)));
-        // When it stops being known, its pending connections are released as they came in.
-        g.set_known([]);
-        for id in 0..10 {
+        assert_eq!(g.try_admit(3, v4(9, 9)), Err(Refused::PerSource(3)));
+        // ...so another approved peer still finds room.
+        g.try_admit(4, v4(9, 8)).unwrap();
+        // Loopback is not spoofable: a local testnet's peers all share it.
+        for id in 10..16 {
+            g.try_admit(id, lo).unwrap();
+        }
+        assert_eq!(g.try_admit(16, lo), Err(Refused::Total(10)));
+        for id in (0..5).chain(10..16) {
             g.release(id);
         }
         assert_eq!(g.counts(), (0, 0));
+        g.try_admit(0, v4(9, 9)).unwrap();
+        g.release(0);
+        // When it stops being known, it is bounded as unknown sources are.
+        g.set_known([]);
         for id in 0..3 {
             g.try_admit(id, v4(9, 9)).unwrap();
         }

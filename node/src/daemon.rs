@@ -505,6 +505,7 @@ pub async fn start_with_shutdown(
     let limits = crate::api::conn_limit::ConnLimits::new(
         state.boot.config.api.max_connections,
         state.boot.config.api.max_connections_per_ip,
+        state.boot.config.api.request_timeout.get(),
     );
     let task = tokio::spawn(async move {
         let serve_token = token.clone();

@@ -778,11 +778,12 @@ async fn alias_bomb_is_refused_by_every_yaml_route() {
         "replace active profile",
     );
     // Nothing changed, and the bounded parse left no lasting allocation behind (the bound
-    // allows ~10 MiB per parse; the unbounded one took gigabytes).
+    // allows ~10 MiB per parse; the unbounded one took gigabytes). The margin is wide: other
+    // tests of this binary start nodes in the same process meanwhile.
     assert_eq!(t.current().await.0, id);
     let after = rss_bytes();
     assert!(
-        after < before + 64 * 1024 * 1024,
+        after < before + 256 * 1024 * 1024,
         "RSS grew from {before} to {after} bytes"
     );
 }
