@@ -716,6 +716,18 @@ async fn cli_reaches_a_node_on_wildcard_addresses_and_over_tls() {
         "{}",
         stdout(&o)
     );
+    // A proxy in the environment is not used: the CLI sends admin tokens to its own node only
+    // (the "proxy" here is a closed loopback port, so using it would fail the command).
+    let proxied = Command::new(KOS)
+        .args(["federation", "status"])
+        .env("KOS_HOME", &home)
+        .env_remove("KOS_PROFILE")
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("http_proxy", "http://127.0.0.1:9")
+        .env("ALL_PROXY", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert!(proxied.status.success(), "{}", stderr(&proxied));
     // `peers list` shows the federation's approval once the node has written it below the
     // marker of peers.list, with its live state.
     let deadline = Instant::now() + Duration::from_secs(30);
