@@ -389,6 +389,13 @@ struct Weight {
 }
 
 impl Weight {
+    /// One node without text: a list, a mapping, a null, a key seen as a node.
+    const ONE_NODE: Weight = Weight {
+        nodes: 1,
+        bytes: 0,
+        depth: 0,
+    };
+
     fn of(node: &Node) -> Weight {
         match &node.value {
             Value::Null => Weight {
@@ -520,14 +527,7 @@ impl Builder {
             }
             Event::SequenceStart(anchor, _) => {
                 self.check_depth(&loc)?;
-                self.charge(
-                    Weight {
-                        nodes: 1,
-                        bytes: 0,
-                        depth: 0,
-                    },
-                    &loc,
-                )?;
+                self.charge(Weight::ONE_NODE, &loc)?;
                 self.stack.push(Frame::Seq {
                     node: Node::new(Value::Seq(Vec::new()), loc),
                     anchor,
@@ -535,14 +535,7 @@ impl Builder {
             }
             Event::MappingStart(anchor, _) => {
                 self.check_depth(&loc)?;
-                self.charge(
-                    Weight {
-                        nodes: 1,
-                        bytes: 0,
-                        depth: 0,
-                    },
-                    &loc,
-                )?;
+                self.charge(Weight::ONE_NODE, &loc)?;
                 self.stack.push(Frame::Map {
                     node: Node::new(Value::Map(Vec::new()), loc),
                     anchor,
