@@ -306,6 +306,25 @@ pub fn default_home() -> PathBuf {
         .join(".kos")
 }
 
+/// Writes CLI output to standard output. When the reader has gone away (a closed pipe, as
+/// in `kos federation status | head`), the process exits at once with status 0 and says
+/// nothing: the output was not wanted any more. Any other write error is reported on
+/// standard error and ends the process with status 1.
+pub fn out(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let r = o
+        .write_fmt(args)
+        .and_then(|()| if newline { o.write_all(b"\n") } else { Ok(()) });
+    if let Err(e) = r {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("kos: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let dir = cli.dir.clone().unwrap_or_else(default_home);
@@ -337,7 +356,7 @@ pub fn main() -> ExitCode {
                 &format!("/api/peers/{id}/approve"),
                 &json!({"addrs": addrs, "label": label}),
             )
-            .map(|v| println!("approved {id} (op {})", v["op"].as_str().unwrap_or("?"))),
+            .map(|v| outln!("approved {id} (op {})", v["op"].as_str().unwrap_or("?"))),
         ),
         Command::Peers(PeersCommand::Revoke { id, reason }) => exit(
             node_post(
@@ -345,7 +364,7 @@ pub fn main() -> ExitCode {
                 &format!("/api/peers/{id}/revoke"),
                 &json!({"reason": reason}),
             )
-            .map(|v| println!("revoked {id} (op {})", v["op"].as_str().unwrap_or("?"))),
+            .map(|v| outln!("revoked {id} (op {})", v["op"].as_str().unwrap_or("?"))),
         ),
         Command::Admin(AdminCommand::Keygen { out }) => exit(admin_keygen(&dir, out)),
         Command::Federation(FederationCommand::Log { json }) => exit(federation_log(&dir, json)),
@@ -479,13 +498,13 @@ fn id(dir: &Path, as_json: bool) -> Result<()> {
     let identity = Identity::load(dir)
         .with_context(|| format!("no identity in {}; run `kos init` first", dir.display()))?;
     if as_json {
-        println!(
+        outln!(
             "{}",
             json!({"peer_id": identity.id().to_string(), "public_key": identity.public_key_hex(), "key_type": "ed25519"})
         );
     } else {
-        println!("peer id:    {}", identity.id());
-        println!("public key: ed25519 {}", identity.public_key_hex());
+        outln!("peer id:    {}", identity.id());
+        outln!("public key: ed25519 {}", identity.public_key_hex());
     }
     Ok(())
 }
@@ -524,7 +543,7 @@ fn validate(dir: &Path, as_json: bool) -> ExitCode {
     }
     match (result, as_json) {
         (Ok(l), true) => {
-            println!(
+            outln!(
                 "{}",
                 json!({"valid": true, "profile_id": l.profile_id, "snapshot_id": l.snapshot_id, "warnings": l.warnings})
             );
@@ -532,7 +551,7 @@ fn validate(dir: &Path, as_json: bool) -> ExitCode {
         }
         (Ok(l), false) => {
             print_diags(&kos_config::Diagnostics(l.warnings.clone()));
-            println!(
+            outln!(
                 "{}: profile `{}` is valid (snapshot {})",
                 dir.display(),
                 l.profile_id,
@@ -541,7 +560,7 @@ fn validate(dir: &Path, as_json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         (Err(d), true) => {
-            println!(
+            outln!(
                 "{}",
                 json!({"valid": false, "errors": d.errors().collect::<Vec<_>>(), "warnings": d.warnings().collect::<Vec<_>>()})
             );
@@ -569,20 +588,20 @@ fn show(dir: &Path, as_json: bool, profile: Option<String>) -> Result<()> {
     if as_json {
         let effective: serde_json::Value = serde_json::from_str(&l.canonical)?;
         let secrets: Vec<&String> = l.extra_secrets.keys().collect();
-        println!(
+        outln!(
             "{}",
             json!({"profile_id": l.profile_id, "snapshot_id": l.snapshot_id, "config": effective, "other_secrets": secrets})
         );
     } else {
-        println!("# profile: {}  snapshot: {}", l.profile_id, l.snapshot_id);
+        outln!("# profile: {}  snapshot: {}", l.profile_id, l.snapshot_id);
         if !l.extra_secrets.is_empty() {
             let names: Vec<&str> = l.extra_secrets.keys().map(String::as_str).collect();
-            println!(
+            outln!(
                 "# other secrets in secrets.env (values hidden): {}",
                 names.join(", ")
             );
         }
-        print!("{}", kos_config::to_yaml(&l.config));
+        out!("{}", kos_config::to_yaml(&l.config));
     }
     Ok(())
 }
@@ -629,12 +648,12 @@ fn diff(a: &Path, b: &Path, as_json: bool) -> ExitCode {
     let vb: serde_json::Value = serde_json::from_str(&lb.canonical).unwrap_or_default();
     let changes = diff_json(&va, &vb);
     if as_json {
-        println!(
+        outln!(
             "{}",
             json!({"from": la.snapshot_id, "to": lb.snapshot_id, "changes": changes})
         );
     } else {
-        print!("{}", render(&changes));
+        out!("{}", render(&changes));
     }
     if changes.is_empty() {
         ExitCode::SUCCESS
@@ -648,7 +667,7 @@ fn history(dir: &Path, as_json: bool) -> Result<()> {
     let mut entries = store.history()?;
     entries.reverse();
     if as_json {
-        println!("{}", serde_json::to_string(&entries)?);
+        outln!("{}", serde_json::to_string(&entries)?);
         return Ok(());
     }
     for e in entries {
@@ -657,7 +676,7 @@ fn history(dir: &Path, as_json: bool) -> Result<()> {
             .as_ref()
             .map(|t| format!(" -> {}", t.short()))
             .unwrap_or_default();
-        println!(
+        outln!(
             "{:>5}  {}  {}  {:<9}{}  {} by {}",
             e.seq,
             e.at,
@@ -726,15 +745,15 @@ fn peers_list(dir: &Path, as_json: bool) -> Result<()> {
             .iter()
             .map(|(e, source)| json!({"id": e.id.to_string(), "addrs": e.addrs, "label": e.label, "source": source, "state": state_of(&e.id.to_string())}))
             .collect();
-        println!("{}", json!({"node_running": live.is_some(), "peers": rows}));
+        outln!("{}", json!({"node_running": live.is_some(), "peers": rows}));
         return Ok(());
     }
     if entries.is_empty() {
-        println!("no approved peers in {}", peers_path(dir).display());
+        outln!("no approved peers in {}", peers_path(dir).display());
     }
     for (e, source) in &entries {
         let id = e.id.to_string();
-        println!(
+        outln!(
             "{id}  {:<24} {:<10} {}  {}",
             state_of(&id),
             source,
@@ -743,7 +762,7 @@ fn peers_list(dir: &Path, as_json: bool) -> Result<()> {
         );
     }
     if live.is_none() {
-        println!("(the node is not running, or its API did not answer: no live state)");
+        outln!("(the node is not running, or its API did not answer: no live state)");
     }
     Ok(())
 }
@@ -778,7 +797,7 @@ fn peers_add(dir: &Path, id: &str, addrs: Vec<String>, label: Option<String>) ->
         line: 0,
     };
     write_peers(dir, &kos_klp::peers::upsert_entry(&text, &entry))?;
-    println!("approved {node}");
+    outln!("approved {node}");
     Ok(())
 }
 
@@ -792,7 +811,7 @@ fn peers_remove(dir: &Path, id: &str) -> Result<()> {
         anyhow::bail!("{node} is not in {}", peers_path(dir).display());
     };
     write_peers(dir, &new)?;
-    println!("removed {node}");
+    outln!("removed {node}");
     Ok(())
 }
 
@@ -834,9 +853,9 @@ fn node_post(dir: &Path, path: &str, body: &serde_json::Value) -> Result<serde_j
 fn admin_keygen(dir: &Path, out: Option<PathBuf>) -> Result<()> {
     let path = out.unwrap_or_else(|| dir.join(crate::fedsync::ADMIN_KEY_FILE));
     let id = crate::fedsync::create_admin_key(&path)?;
-    println!("admin key: {}", path.display());
-    println!("admin id:  {id}");
-    println!(
+    outln!("admin key: {}", path.display());
+    outln!("admin id:  {id}");
+    outln!(
         "Add the admin id to `admins:` in klp/klp_settings.yaml on every node of the federation."
     );
     Ok(())
@@ -850,17 +869,17 @@ fn ms_to_time(ms: u64) -> String {
 fn federation_log(dir: &Path, as_json: bool) -> Result<()> {
     let v = node_request(dir, "GET", "/api/federation/log", None)?;
     if as_json {
-        println!("{v}");
+        outln!("{v}");
         return Ok(());
     }
     let ops = v["ops"].as_array().cloned().unwrap_or_default();
     if ops.is_empty() {
-        println!("the federation log is empty");
+        outln!("the federation log is empty");
     }
     for op in ops {
         let hash = op["hash"].as_str().unwrap_or("");
         let author = op["author"].as_str().unwrap_or("");
-        println!(
+        outln!(
             "{}  {:<12}  {}  lamport {:<4} {:<15} {}  [{}]",
             ms_to_time(op["timestamp_ms"].as_u64().unwrap_or(0)),
             hash.get(..12).unwrap_or(hash),
@@ -877,14 +896,14 @@ fn federation_log(dir: &Path, as_json: bool) -> Result<()> {
 fn federation_status(dir: &Path, as_json: bool) -> Result<()> {
     let v = node_request(dir, "GET", "/api/federation", None)?;
     if as_json {
-        println!("{v}");
+        outln!("{v}");
         return Ok(());
     }
     if v["enabled"] != true {
-        println!("federation sync is off (no admins in federation.klp.admins)");
+        outln!("federation sync is off (no admins in federation.klp.admins)");
         return Ok(());
     }
-    println!(
+    outln!(
         "admins (threshold {}): {}",
         v["threshold"],
         v["admins"]
@@ -897,11 +916,11 @@ fn federation_status(dir: &Path, as_json: bool) -> Result<()> {
             .unwrap_or_default()
     );
     if let Some(a) = v["local_admin"].as_str() {
-        println!("this node signs as admin {a}");
+        outln!("this node signs as admin {a}");
     }
-    println!("ops: {}, pending: {}", v["ops"], v["pending"]);
+    outln!("ops: {}, pending: {}", v["ops"], v["pending"]);
     for p in v["approved"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "approved {}  {}{}",
             p["id"].as_str().unwrap_or(""),
             p["label"].as_str().unwrap_or(""),
@@ -913,14 +932,14 @@ fn federation_status(dir: &Path, as_json: bool) -> Result<()> {
         );
     }
     for p in v["revoked"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "revoked  {}  {}",
             p["id"].as_str().unwrap_or(""),
             p["reason"].as_str().unwrap_or("")
         );
     }
     for c in v["config"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "config   {:<10} {}  {}",
             c["scope"].as_str().unwrap_or(""),
             c["snapshot_id"]
@@ -943,7 +962,7 @@ fn federation_admin(dir: &Path, action: &str, admin: &str, keys: &[PathBuf]) -> 
             "/api/federation/admins",
             &json!({"action": action, "admin": admin}),
         )?;
-        println!("{action} {admin} (op {})", v["op"].as_str().unwrap_or("?"));
+        outln!("{action} {admin} (op {})", v["op"].as_str().unwrap_or("?"));
         return Ok(());
     }
     let signing: Vec<ed25519_dalek::SigningKey> = keys
@@ -982,7 +1001,7 @@ fn federation_admin(dir: &Path, action: &str, admin: &str, keys: &[PathBuf]) -> 
         "/api/federation/ops",
         &json!({"op": base64::engine::general_purpose::STANDARD.encode(op.encode())}),
     )?;
-    println!(
+    outln!(
         "{action} {admin}, signed by {} admin(s) (op {})",
         signing.len(),
         v["op"].as_str().unwrap_or("?")
@@ -1017,7 +1036,7 @@ fn config_publish(
         }
         (None, None) => anyhow::bail!("give a snapshot FILE or --rollback SNAPSHOT_ID"),
     };
-    println!(
+    outln!(
         "published `{scope}` snapshot {} (op {}); see `GET /api/config/status` for ACKs",
         v["snapshot_id"].as_str().unwrap_or("?"),
         v["op"].as_str().unwrap_or("?")
@@ -1043,7 +1062,7 @@ fn token_create(
     let id = Identity::load(dir)?.id().to_string();
     let token =
         crate::auth::local::mint_named(dir, &l.config, &id, sub, role, ttl)?.unwrap_or_default();
-    println!("{token}");
+    outln!("{token}");
     Ok(())
 }
 
@@ -1101,7 +1120,7 @@ fn health(dir: &Path, args: HealthArgs) -> Result<()> {
     if status != reqwest::StatusCode::OK {
         anyhow::bail!("{url}: HTTP {status}: {}", body.trim());
     }
-    println!("{url}: {}", body.trim());
+    outln!("{url}: {}", body.trim());
     Ok(())
 }
 

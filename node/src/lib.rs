@@ -8,6 +8,21 @@
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and `tracing` logs.
 //! - [`cli`]: `kos` subcommands.
 
+/// `print!` for the CLI: see [`cli::out`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!($($arg)*), false)
+    };
+}
+
+/// `println!` for the CLI: a closed standard output (`kos federation status | head`) ends
+/// the process quietly instead of panicking. See [`cli::out`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!($($arg)*), true)
+    };
+}
+
 pub mod api;
 pub mod auth;
 pub mod backoff;

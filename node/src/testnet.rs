@@ -256,7 +256,7 @@ pub fn up(dir: &Path, n: usize, timeout: Duration) -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     print_table(&state, &tokens);
-    println!(
+    outln!(
         "\nall {n} nodes admitted each other. Stop with: kos testnet down --dir {}",
         dir.display()
     );
@@ -264,14 +264,17 @@ pub fn up(dir: &Path, n: usize, timeout: Duration) -> Result<()> {
 }
 
 fn print_table(t: &Testnet, tokens: &[Option<String>]) {
-    println!(
+    outln!(
         "{:<8} {:<54} {:<24} {:>9}  running",
-        "node", "peer id", "API", "admitted"
+        "node",
+        "peer id",
+        "API",
+        "admitted"
     );
     for (x, token) in t.nodes.iter().zip(tokens) {
         let running = is_ours(x.pid, &x.dir);
         let adm = admitted(x, token.as_deref()).map_or("-".to_string(), |a| a.len().to_string());
-        println!(
+        outln!(
             "{:<8} {:<54} {:<24} {:>9}  {}",
             x.name,
             x.peer_id,
@@ -297,7 +300,7 @@ pub fn status(dir: &Path) -> Result<()> {
 
 pub fn down(dir: &Path, clean: bool) -> Result<()> {
     let Some(t) = load(dir)? else {
-        println!("no testnet in {}", dir.display());
+        outln!("no testnet in {}", dir.display());
         return Ok(());
     };
     let ours: Vec<&TestnetNode> = t.nodes.iter().filter(|x| is_ours(x.pid, &x.dir)).collect();
@@ -312,7 +315,7 @@ pub fn down(dir: &Path, clean: bool) -> Result<()> {
         eprintln!("{} did not stop within 20 s; killing it", x.name);
         signal(x.pid, "KILL");
     }
-    println!("stopped {} node process(es)", ours.len());
+    outln!("stopped {} node process(es)", ours.len());
     fs::remove_file(dir.join(STATE_FILE))?;
     if clean {
         for x in &t.nodes {

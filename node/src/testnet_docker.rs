@@ -322,7 +322,7 @@ fn create_and_start(dir: &Path, t: &mut DockerTestnet, n: usize, timeout: Durati
         std::thread::sleep(Duration::from_millis(500));
     }
     print_table(t, &tokens);
-    println!(
+    outln!(
         "\nall {n} nodes admitted each other on Docker network {}. Stop with: kos testnet down --dir {}",
         t.network,
         dir.display()
@@ -331,9 +331,12 @@ fn create_and_start(dir: &Path, t: &mut DockerTestnet, n: usize, timeout: Durati
 }
 
 fn print_table(t: &DockerTestnet, tokens: &[Option<String>]) {
-    println!(
+    outln!(
         "{:<8} {:<54} {:<24} {:>9}  container",
-        "node", "peer id", "API", "admitted"
+        "node",
+        "peer id",
+        "API",
+        "admitted"
     );
     for (x, tok) in t.nodes.iter().zip(tokens) {
         let api = api_addr(&x.container).map_or("-".to_string(), |a| format!("http://{a}"));
@@ -346,9 +349,13 @@ fn print_table(t: &DockerTestnet, tokens: &[Option<String>]) {
         } else {
             "stopped"
         };
-        println!(
+        outln!(
             "{:<8} {:<54} {:<24} {:>9}  {} ({state})",
-            x.name, x.peer_id, api, adm, x.container
+            x.name,
+            x.peer_id,
+            api,
+            adm,
+            x.container
         );
     }
 }
@@ -369,7 +376,7 @@ pub fn status(dir: &Path) -> Result<()> {
 /// Removes the containers and the network of the testnet (and with `clean`, the volumes).
 pub fn down(dir: &Path, clean: bool) -> Result<()> {
     let Some(t) = load(dir)? else {
-        println!("no Docker testnet in {}", dir.display());
+        outln!("no Docker testnet in {}", dir.display());
         return Ok(());
     };
     let mut problems = Vec::new();
@@ -402,7 +409,7 @@ pub fn down(dir: &Path, clean: bool) -> Result<()> {
     if !problems.is_empty() {
         bail!("could not remove everything:\n{}", problems.join("\n"));
     }
-    println!(
+    outln!(
         "removed {removed} container(s) and network {}{}",
         t.network,
         if clean {

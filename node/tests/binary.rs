@@ -817,3 +817,27 @@ async fn cli_reaches_a_node_on_wildcard_addresses_and_over_tls() {
     signal(child.id(), "TERM");
     assert!(child.wait().unwrap().success());
 }
+
+/// Output into a pipe whose reader is gone (`kos config show | head -1` once `head` has its
+/// line) ends the command quietly, not with a panic (issue 11).
+#[test]
+fn output_to_a_closed_pipe_exits_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("kos-home");
+    assert!(kos(&home, &["init"]).status.success());
+    for args in [&["config", "show"][..], &["peers", "list"], &["id"]] {
+        // The read end is closed before the command starts: its first write fails (EPIPE).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(KOS)
+            .args(args)
+            .env("KOS_HOME", &home)
+            .env_remove("KOS_PROFILE")
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out), "", "{args:?}");
+    }
+}
