@@ -9,8 +9,7 @@
 //! First user: `GET /api/events` (the one read route that queries the database on every
 //! call), keyed by a generation the node bumps on every recorded event.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Entries the in-memory cache holds at most.
@@ -115,40 +114,63 @@ impl Cache {
     }
 }
 
-/// A bounded in-process cache: at most `max_entries` entries and `max_bytes` of values.
-/// When full, expired entries go first, then those closest to expiry.
+/// A bounded in-process cache (`moka`): at most `max_entries` entries and `max_bytes` of
+/// values, each entry expiring after its own time to live. When full, `moka`'s TinyLFU
+/// policy decides what goes (it keeps what is read often); eviction and expiry cost O(1) per
+/// operation, with no scan of the entries.
+///
+/// Both bounds are one weight: an entry weighs its key and value, but at least
+/// `max_bytes / max_entries`, so the byte bound also caps the count.
 #[derive(Debug)]
 pub struct MemoryCache {
-    inner: Mutex<MemoryInner>,
-    max_entries: usize,
+    entries: moka::sync::Cache<String, Arc<Entry>>,
     max_bytes: usize,
 }
 
-#[derive(Debug, Default)]
-struct MemoryInner {
-    map: HashMap<String, (Instant, Vec<u8>)>,
-    bytes: usize,
+#[derive(Debug)]
+struct Entry {
+    value: Vec<u8>,
+    ttl: Duration,
 }
 
-impl MemoryInner {
-    fn remove(&mut self, key: &str) {
-        if let Some((_, v)) = self.map.remove(key) {
-            self.bytes -= v.len();
-        }
+struct EntryExpiry;
+
+impl moka::Expiry<String, Arc<Entry>> for EntryExpiry {
+    fn expire_after_create(&self, _: &String, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
+        Some(e.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        e: &Arc<Entry>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(e.ttl)
     }
 }
 
 impl MemoryCache {
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {
-        Self {
-            inner: Mutex::new(MemoryInner::default()),
-            max_entries: max_entries.max(1),
-            max_bytes,
-        }
+        let max_entries = max_entries.max(1);
+        let min_weight = (max_bytes / max_entries).max(1);
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes as u64)
+            .weigher(move |k: &String, e: &Arc<Entry>| {
+                let w = (k.len() + e.value.len()).max(min_weight);
+                u32::try_from(w).unwrap_or(u32::MAX)
+            })
+            .expire_after(EntryExpiry)
+            .build();
+        Self { entries, max_bytes }
     }
 
+    /// Entries held, after pending evictions have run (an expired entry is never returned,
+    /// but may be counted here until moka's timer wheel, ~1 s resolution, removes it).
     pub fn len(&self) -> usize {
-        self.inner.lock().map_or(0, |i| i.map.len())
+        self.entries.run_pending_tasks();
+        usize::try_from(self.entries.entry_count()).unwrap_or(usize::MAX)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -156,52 +178,21 @@ impl MemoryCache {
     }
 
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let mut inner = self.inner.lock().ok()?;
-        match inner.map.get(key) {
-            Some((exp, v)) if *exp > Instant::now() => Some(v.clone()),
-            Some(_) => {
-                inner.remove(key);
-                None
-            }
-            None => None,
-        }
+        self.entries.get(key).map(|e| e.value.clone())
     }
 
     pub fn set(&self, key: &str, value: &[u8], ttl: Duration) {
-        if value.len() > self.max_bytes {
+        if key.len() + value.len() > self.max_bytes {
+            self.entries.invalidate(key);
             return;
         }
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
-        let now = Instant::now();
-        inner.remove(key);
-        if inner.map.len() >= self.max_entries || inner.bytes + value.len() > self.max_bytes {
-            let expired: Vec<String> = inner
-                .map
-                .iter()
-                .filter(|(_, (exp, _))| *exp <= now)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in expired {
-                inner.remove(&k);
-            }
-        }
-        while inner.map.len() >= self.max_entries || inner.bytes + value.len() > self.max_bytes {
-            let Some(victim) = inner
-                .map
-                .iter()
-                .min_by_key(|(_, (exp, _))| *exp)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            inner.remove(&victim);
-        }
-        inner.bytes += value.len();
-        inner
-            .map
-            .insert(key.to_string(), (now + ttl, value.to_vec()));
+        self.entries.insert(
+            key.to_string(),
+            Arc::new(Entry {
+                value: value.to_vec(),
+                ttl,
+            }),
+        );
     }
 }
 
@@ -296,26 +287,45 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(c.get("a"), None);
         assert_eq!(c.get("b").as_deref(), Some(&b"2"[..]));
-        assert_eq!(c.len(), 1);
+        // (The expired entry's memory is reclaimed by moka's timer wheel, ~1 s resolution.)
     }
 
     #[test]
     fn memory_cache_is_bounded_by_entries_and_bytes() {
+        // 3 entries of at most 10 bytes: each entry weighs at least 10 / 3 = 3.
         let c = MemoryCache::new(3, 10);
-        for (i, k) in ["a", "b", "c", "d"].iter().enumerate() {
-            c.set(k, b"x", Duration::from_secs(10 + i as u64));
+        for k in ["a", "b", "c", "d", "e", "f"] {
+            c.set(k, b"x", Duration::from_secs(60));
         }
-        assert_eq!(c.len(), 3);
-        // The entry closest to expiry went first.
-        assert_eq!(c.get("a"), None);
-        assert!(c.get("d").is_some());
-        c.set("big", b"0123456789", Duration::from_secs(100));
-        assert_eq!(c.get("big").as_deref(), Some(&b"0123456789"[..]));
-        assert_eq!(c.len(), 1, "the 10-byte value evicted the rest");
-        c.set("huge", b"0123456789a", Duration::from_secs(100));
-        assert_eq!(c.get("huge"), None, "over the byte bound: not cached");
-        c.set("big", b"y", Duration::from_secs(100));
-        assert_eq!(c.get("big").as_deref(), Some(&b"y"[..]));
+        assert!(c.len() <= 3, "{}", c.len());
+        // A value as large as the whole cache still fits once the rest goes.
+        c.set("big", b"012345678", Duration::from_secs(100));
+        for _ in 0..3 {
+            // TinyLFU admits a new key once it has been asked for.
+            let _ = c.get("big");
+            c.set("big", b"012345678", Duration::from_secs(100));
+        }
+        assert!(c.len() <= 3);
+        let held: usize = ["a", "b", "c", "d", "e", "f", "big"]
+            .iter()
+            .filter_map(|k| c.get(k))
+            .map(|v| v.len() + 3)
+            .sum();
+        assert!(held <= 10 + 3, "{held} bytes held");
+        // Over the byte bound (with its key): not cached, and an older value under that key
+        // is dropped rather than served stale.
+        c.set("f", b"0123456789", Duration::from_secs(100));
+        assert_eq!(c.get("f"), None, "over the byte bound: not cached");
+    }
+
+    #[test]
+    fn memory_cache_overwrites_with_the_new_ttl() {
+        let c = MemoryCache::new(10, 1000);
+        c.set("k", b"1", Duration::from_secs(60));
+        c.set("k", b"2", Duration::from_millis(20));
+        assert_eq!(c.get("k").as_deref(), Some(&b"2"[..]));
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(c.get("k"), None, "the new, shorter ttl applies");
     }
 
     #[tokio::test]
