@@ -15,6 +15,11 @@
 //! the profile to a temporary file, fsync, rename over the profile (the commit point), fsync
 //! the directory → append the history entry. A crash after the commit point but before the
 //! history entry is repaired by [`Store::reconcile`] at the next start.
+//!
+//! A federation snapshot changes the effective configuration through its scope file
+//! (`federation/config/<scope>.yaml`), not the profile: [`Store::apply_federation`] follows
+//! the same order with that file's write as the commit point, and its entry names the
+//! federation source (scope, snapshot, op) besides the new effective snapshot id.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -91,6 +96,21 @@ pub enum Action {
     External,
     /// An apply that crashed after its commit point, completed at start.
     Recovered,
+    /// A configuration snapshot published by the federation for one scope (written to
+    /// `federation/config/<scope>.yaml` by federation sync), including a rollback op that
+    /// publishes an earlier snapshot again.
+    Federation,
+}
+
+/// Where a [`Action::Federation`] change came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederationSource {
+    pub scope: String,
+    /// The federation's snapshot id: the SHA-256 of the published content (not the id of the
+    /// effective configuration).
+    pub snapshot_id: String,
+    /// The `PublishConfig` op that published it.
+    pub op: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +127,9 @@ pub struct HistoryEntry {
     pub actor: String,
     #[serde(default)]
     pub restart_required: Vec<String>,
+    /// For a federation snapshot: its scope, snapshot id and op.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederationSource>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -368,6 +391,7 @@ impl Store {
             at: now_rfc3339(),
             actor: actor.to_string(),
             restart_required: Vec::new(),
+            federation: None,
         };
         self.append_history(entry, &mut |_| {}).map(Some)
     }
@@ -506,6 +530,7 @@ impl Store {
             at: now_rfc3339(),
             actor: actor.to_string(),
             restart_required: restart_required.clone(),
+            federation: None,
         };
         let entry = self.append_history(entry, hook)?;
         hook("history_written");
@@ -518,6 +543,74 @@ impl Store {
             restart_required,
             unchanged: false,
         })
+    }
+}
+
+/// What [`Store::apply_federation`] committed.
+#[derive(Debug)]
+pub struct Committed {
+    /// The configuration on disk after the commit point.
+    pub loaded: Loaded,
+    /// The new history entry, or `None` when the effective configuration is the one the
+    /// history already ends with. An error here leaves the change in effect (it is on disk);
+    /// the next start records it as `recovered`.
+    pub entry: Result<Option<HistoryEntry>, StoreError>,
+}
+
+impl Store {
+    /// Applies a federation snapshot (a file that is not the profile) in the order of
+    /// [`Store::apply`]: under the lock, the candidate configuration (validated by the
+    /// caller, with the snapshot overlaid) is recorded as a snapshot, `commit` writes the
+    /// scope file (the commit point) and returns the configuration then on disk, and a
+    /// history entry (action `federation`, with `source`) records it. `Err`: nothing was
+    /// committed.
+    pub fn apply_federation(
+        &self,
+        candidate: &Loaded,
+        source: FederationSource,
+        actor: &str,
+        commit: impl FnOnce() -> Result<Loaded, StoreError>,
+    ) -> Result<Committed, StoreError> {
+        let _lock = self.lock()?;
+        self.write_snapshot(candidate, &mut |_| {})?;
+        let loaded = commit()?;
+        let entry = self.record_federation(&loaded, source, actor);
+        Ok(Committed { loaded, entry })
+    }
+
+    fn record_federation(
+        &self,
+        loaded: &Loaded,
+        source: FederationSource,
+        actor: &str,
+    ) -> Result<Option<HistoryEntry>, StoreError> {
+        let head = self.head()?;
+        if head.as_ref().is_some_and(|h| h.id == loaded.snapshot_id) {
+            return Ok(None);
+        }
+        // The snapshot on disk may differ from the candidate if another file changed
+        // meanwhile; its record must exist before the entry naming it.
+        self.write_snapshot(loaded, &mut |_| {})?;
+        let new_effective: serde_json::Value =
+            serde_json::from_str(&loaded.canonical).unwrap_or(serde_json::Value::Null);
+        let restart_required = head
+            .as_ref()
+            .and_then(|h| self.snapshot(&h.id).ok())
+            .map(|rec| split_sections(&diff_json(&rec.effective, &new_effective)).1)
+            .unwrap_or_default();
+        let entry = HistoryEntry {
+            seq: 0,
+            id: loaded.snapshot_id.clone(),
+            previous: head.map(|h| h.id),
+            profile_id: loaded.profile_id.clone(),
+            action: Action::Federation,
+            target: None,
+            at: now_rfc3339(),
+            actor: actor.to_string(),
+            restart_required,
+            federation: Some(source),
+        };
+        self.append_history(entry, &mut |_| {}).map(Some)
     }
 }
 

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 
 use kos_config::layout::init_layout;
-use kos_config::snapshot::{Action, HistoryEntry};
+use kos_config::snapshot::{Action, Committed, FederationSource, HistoryEntry, atomic_write};
 use kos_config::{
     Capabilities, ConfigDir, LoadOptions, Loaded, ProfileKind, SnapshotId, Store, StoreError,
     preset,
@@ -426,4 +426,85 @@ fn apply_without_history_and_store_tmp_cleanup() {
         assert!(!tmp.path().join(rel).exists(), "{rel} left behind");
     }
     assert_eq!(store.history().unwrap().len(), 1);
+}
+
+/// Applies a federation `monitoring` snapshot as federation sync does: validated with the
+/// snapshot overlaid, then `commit` writes the scope file and reloads (`crash`: the process
+/// stops right after the commit point, before anything else runs).
+fn apply_federation(
+    root: &Path,
+    store: &Store,
+    content: &str,
+    crash: bool,
+) -> Result<Committed, StoreError> {
+    let dir = ConfigDir::new(root);
+    let tree = kos_config::federation::check_content("monitoring", content, "test").unwrap();
+    let candidate = dir
+        .load_with_federation(&opts(), "monitoring", tree)
+        .unwrap();
+    let source = FederationSource {
+        scope: "monitoring".into(),
+        snapshot_id: "a".repeat(64),
+        op: "b".repeat(64),
+    };
+    store.apply_federation(&candidate, source, "federation:admin", || {
+        let path = root.join(kos_config::federation::scope_file("monitoring"));
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        atomic_write(&path, content.as_bytes(), None, &mut |_| {}).unwrap();
+        if crash {
+            return Err(StoreError::NotFound(
+                "crashed after the commit point".into(),
+            ));
+        }
+        dir.load(&opts()).map_err(StoreError::Invalid)
+    })
+}
+
+#[test]
+fn federation_snapshot_is_recorded_with_its_source() {
+    let (tmp, store, loaded) = setup();
+    store.reconcile(&loaded, "test").unwrap();
+    let content = "monitoring:\n  metrics: [prometheus, grafana]\n";
+    let c = apply_federation(tmp.path(), &store, content, false).unwrap();
+    let e = c.entry.unwrap().expect("a new entry");
+    assert_eq!(e.action, Action::Federation);
+    assert_eq!(e.actor, "federation:admin");
+    assert_eq!(e.id, c.loaded.snapshot_id);
+    assert_eq!(e.id, current_id(tmp.path()));
+    assert_ne!(e.id, loaded.snapshot_id);
+    let f = e.federation.as_ref().unwrap();
+    assert_eq!(
+        (f.scope.as_str(), f.snapshot_id.as_str(), f.op.as_str()),
+        (
+            "monitoring",
+            "a".repeat(64).as_str(),
+            "b".repeat(64).as_str()
+        )
+    );
+    let h = assert_history_intact(&store);
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[1], e);
+    // The same snapshot again (a node re-applies its snapshots at every start): no entry.
+    let again = apply_federation(tmp.path(), &store, content, false).unwrap();
+    assert!(again.entry.unwrap().is_none());
+    assert_eq!(store.history().unwrap().len(), 2);
+    // And the start-up reconcile agrees with the history.
+    let now = ConfigDir::new(tmp.path()).load(&opts()).unwrap();
+    assert!(store.reconcile(&now, "node").unwrap().is_none());
+}
+
+#[test]
+fn federation_snapshot_crashed_after_its_commit_point_is_recovered_at_start() {
+    let (tmp, store, loaded) = setup();
+    store.reconcile(&loaded, "test").unwrap();
+    let content = "monitoring:\n  metrics: [grafana]\n";
+    assert!(apply_federation(tmp.path(), &store, content, true).is_err());
+    assert_eq!(store.history().unwrap().len(), 1);
+    // Next start: the configuration on disk has the snapshot, whose record was written
+    // before the commit point, so the repair says `recovered` (not `external`).
+    let now = ConfigDir::new(tmp.path()).load(&opts()).unwrap();
+    let e = store.reconcile(&now, "node").unwrap().expect("repaired");
+    assert_eq!(e.action, Action::Recovered);
+    assert_eq!(e.id, now.snapshot_id);
+    assert_history_intact(&store);
 }

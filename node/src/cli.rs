@@ -675,6 +675,15 @@ fn history(dir: &Path, as_json: bool) -> Result<()> {
             .target
             .as_ref()
             .map(|t| format!(" -> {}", t.short()))
+            .or_else(|| {
+                e.federation.as_ref().map(|f| {
+                    format!(
+                        " {}@{}",
+                        f.scope,
+                        &f.snapshot_id[..f.snapshot_id.len().min(12)]
+                    )
+                })
+            })
             .unwrap_or_default();
         outln!(
             "{:>5}  {}  {}  {:<9}{}  {} by {}",

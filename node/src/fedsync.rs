@@ -21,9 +21,9 @@
 //!   section of `klp/peers.list`, atomically, never touching the operator's section;
 //! - applies each scope's published configuration: checks the content against its scope and
 //!   its snapshot id, validates the whole configuration with it, then writes
-//!   `federation/config/<scope>.yaml` atomically and activates it, or keeps the last good
-//!   configuration; either way it gossips an ACK or NACK (with the errors), which every node
-//!   collects per peer for `GET /api/config/status`.
+//!   `federation/config/<scope>.yaml` atomically, records it in the config history and
+//!   activates it, or keeps the last good configuration; either way it gossips an ACK or
+//!   NACK (with the errors), which every node collects per peer for `GET /api/config/status`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -1672,37 +1672,73 @@ impl Actor {
             p.snapshot_id, p.op, p.content
         );
         let scope_s = scope.to_string();
+        // The admin who authored (first signed) the op.
+        let actor = match self.core.log.as_ref().and_then(|l| l.get(&p.op)) {
+            Some(op) => format!("federation:{}", op.author()),
+            None => "federation".to_string(),
+        };
+        let fed_source = kos_config::snapshot::FederationSource {
+            scope: scope.to_string(),
+            snapshot_id: p.snapshot_id.clone(),
+            op: p.op.to_string(),
+        };
         let _guard = node.change_lock.lock().await;
         let n2 = node.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
+        let committed = tokio::task::spawn_blocking(move || {
             // Validate before writing anything.
-            n2.dir
+            let candidate = n2
+                .dir
                 .load_with_federation(&n2.load_opts, &scope_s, tree)
-                .map_err(|d| d.errors().map(|e| e.to_string()).collect::<Vec<_>>())?;
-            let path = n2.dir.path(&rel);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| vec![format!("{rel}: {e}")])?;
-            }
-            let previous = std::fs::read(&path).ok();
-            kos_config::snapshot::atomic_write(&path, content.as_bytes(), None, &mut |_| {})
-                .map_err(|e| vec![format!("{rel}: cannot write: {e}")])?;
-            // Reload from disk, so what runs is exactly what a restart would load. If that
-            // fails (another file changed meanwhile), put the previous snapshot back.
-            n2.dir
-                .load(&n2.load_opts)
-                .map_err(|d| {
+                .map_err(kos_config::StoreError::Invalid)?;
+            // Recorded in the config history like an apply: the scope file is the commit point.
+            n2.snapshots.apply_federation(&candidate, fed_source, &actor, || {
+                let path = n2.dir.path(&rel);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|source| {
+                        kos_config::StoreError::Io {
+                            context: rel.clone(),
+                            source,
+                        }
+                    })?;
+                }
+                let previous = std::fs::read(&path).ok();
+                kos_config::snapshot::atomic_write(&path, content.as_bytes(), None, &mut |_| {})
+                    .map_err(|source| kos_config::StoreError::Io {
+                        context: format!("{rel}: cannot write"),
+                        source,
+                    })?;
+                // Reload from disk, so what runs is exactly what a restart would load. If
+                // that fails (another file changed meanwhile), put the previous snapshot back.
+                n2.dir.load(&n2.load_opts).map_err(|d| {
                     let restored = match &previous {
-                        Some(old) => kos_config::snapshot::atomic_write(&path, old, None, &mut |_| {}),
+                        Some(old) => {
+                            kos_config::snapshot::atomic_write(&path, old, None, &mut |_| {})
+                        }
                         None => std::fs::remove_file(&path),
                     };
                     if let Err(e) = restored {
                         warn!(file = %rel, error = %e, "cannot restore the previous federation snapshot");
                     }
-                    d.errors().map(|e| e.to_string()).collect::<Vec<_>>()
+                    kos_config::StoreError::Invalid(d)
                 })
+            })
         })
         .await
-        .map_err(|e| vec![format!("apply task failed: {e}")])??;
+        .map_err(|e| vec![format!("apply task failed: {e}")])?
+        .map_err(|e| match e {
+            kos_config::StoreError::Invalid(d) => d.errors().map(|e| e.to_string()).collect(),
+            e => vec![e.to_string()],
+        })?;
+        match &committed.entry {
+            Ok(Some(e)) => {
+                info!(seq = e.seq, snapshot = %e.id.short(), scope, "federation snapshot recorded in the config history");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(error = %e, scope, "federation snapshot applied but not recorded in the config history; the next start records it");
+            }
+        }
+        let loaded = committed.loaded;
         node.activate(loaded);
         Ok(())
     }

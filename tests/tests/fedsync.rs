@@ -475,7 +475,36 @@ async fn partition_heals_to_one_state_concurrent_revoke_wins_and_a_stopped_node_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_are_acked_applied_or_nacked_with_the_reason_and_rolled_back() {
     let root = tempfile::tempdir().unwrap();
-    let (mut nodes, _) = mesh(root.path(), 3, &[0]).await;
+    let (mut nodes, admins) = mesh(root.path(), 3, &[0]).await;
+    let actor = format!("federation:{}", admins[0]);
+    // The node's config history entries made by federation snapshots, oldest first, as
+    // (federation snapshot id, op); each checked for its action, actor and scope.
+    let fed_history = async |n: &Node| -> Vec<(String, String)> {
+        let h = n.get("/api/config/history?limit=1000").await;
+        let mut out: Vec<(String, String)> = h["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| !e["federation"].is_null())
+            .map(|e| {
+                assert_eq!(e["action"], "federation", "{e}");
+                assert_eq!(e["actor"], actor.as_str(), "{e}");
+                assert_eq!(e["federation"]["scope"], "agents", "{e}");
+                (
+                    e["federation"]["snapshot_id"].as_str().unwrap().to_string(),
+                    e["federation"]["op"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        out.reverse();
+        out
+    };
+    // The newest history entry, and the node's current effective snapshot id.
+    let head = async |n: &Node| -> (Value, Value) {
+        let h = n.get("/api/config/history?limit=1").await;
+        let p = n.get("/api/config/profile").await;
+        (h["entries"][0].clone(), p["snapshot_id"].clone())
+    };
     let max_tasks = async |n: &Node| -> Value {
         n.get("/api/config/profile").await["effective"]["agents"]["translatorAgent"]
             ["max_concurrent_tasks"]
@@ -504,8 +533,18 @@ async fn snapshots_are_acked_applied_or_nacked_with_the_reason_and_rolled_back()
         .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     let snap1 = b["snapshot_id"].as_str().unwrap().to_string();
+    let op1 = b["op"].as_str().unwrap().to_string();
     for n in &nodes {
         wait_until("v1 applied", async || max_tasks(n).await == json!(7)).await;
+    }
+    // Every node recorded it in its config history (written before it became active).
+    let mut v1_ids = Vec::new();
+    for n in &nodes {
+        assert_eq!(fed_history(n).await, [(snap1.clone(), op1.clone())]);
+        let (entry, current) = head(n).await;
+        assert_eq!(entry["action"], "federation", "{entry}");
+        assert_eq!(entry["id"], current, "{entry}");
+        v1_ids.push(current);
     }
     let all_acked = async |n: &Node, snap: &str, want: &[(&str, &str)]| -> bool {
         let st = n.get("/api/config/status").await;
@@ -556,6 +595,7 @@ async fn snapshots_are_acked_applied_or_nacked_with_the_reason_and_rolled_back()
         .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     let snap2 = b["snapshot_id"].as_str().unwrap().to_string();
+    let op2 = b["op"].as_str().unwrap().to_string();
     wait_until("v2 ACK/NACK on the publisher", async || {
         all_acked(
             &nodes[0],
@@ -582,6 +622,15 @@ async fn snapshots_are_acked_applied_or_nacked_with_the_reason_and_rolled_back()
     assert_eq!(max_tasks(&nodes[0]).await, json!(8));
     assert_eq!(max_tasks(&nodes[1]).await, json!(8));
     assert_eq!(max_tasks(&nodes[2]).await, json!(7));
+    // Recorded where applied; the NACKed snapshot added no entry on node 2.
+    for n in &nodes[..2] {
+        assert_eq!(
+            fed_history(n).await,
+            [(snap1.clone(), op1.clone()), (snap2.clone(), op2.clone())]
+        );
+    }
+    assert_eq!(fed_history(&nodes[2]).await, [(snap1.clone(), op1.clone())]);
+    assert_eq!(head(&nodes[2]).await.0["id"], v1_ids[2]);
     assert_eq!(
         std::fs::read_to_string(nodes[2].dir.join("agents/moderatorAgent.yaml")).unwrap(),
         local_before,
@@ -616,6 +665,10 @@ async fn snapshots_are_acked_applied_or_nacked_with_the_reason_and_rolled_back()
     })
     .await;
     assert_eq!(max_tasks(&nodes[2]).await, json!(8));
+    assert_eq!(
+        fed_history(&nodes[2]).await,
+        [(snap1.clone(), op1.clone()), (snap2.clone(), op2.clone())]
+    );
 
     // Rollback = a new op pointing at the earlier snapshot.
     let (s, b) = nodes[0]
@@ -625,8 +678,28 @@ async fn snapshots_are_acked_applied_or_nacked_with_the_reason_and_rolled_back()
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
+    let op3 = b["op"].as_str().unwrap().to_string();
+    assert_ne!(op3, op1);
     for n in &nodes {
         wait_until("rolled back", async || max_tasks(n).await == json!(7)).await;
+    }
+    // The rollback is recorded too, on every node.
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(
+            fed_history(n).await,
+            [
+                (snap1.clone(), op1.clone()),
+                (snap2.clone(), op2.clone()),
+                (snap1.clone(), op3.clone())
+            ]
+        );
+        let (entry, current) = head(n).await;
+        assert_eq!(entry["federation"]["op"], op3.as_str(), "{entry}");
+        assert_eq!(entry["id"], current, "{entry}");
+        if i < 2 {
+            // Nothing else changed there: back to the effective configuration of v1.
+            assert_eq!(current, v1_ids[i], "{entry}");
+        }
     }
     wait_until("rollback ACKed by all", async || {
         all_acked(
