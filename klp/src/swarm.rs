@@ -42,6 +42,8 @@ const BAN_BAD_PEER: Duration = Duration::from_secs(60);
 const BAN_NOT_APPROVED: Duration = Duration::from_secs(10);
 /// How long a refused connection stays open so that our Goodbye can be read.
 const LINGER: Duration = Duration::from_millis(500);
+/// How long shutdown waits, in all, for admitted peers to acknowledge `Goodbye{shutdown}`.
+const SHUTDOWN_GOODBYE_WAIT: Duration = Duration::from_secs(1);
 const REDIAL_MIN: Duration = Duration::from_secs(1);
 const REDIAL_MAX: Duration = Duration::from_secs(60);
 /// How soon a listed peer that refused us as not approved is dialed again.
@@ -586,7 +588,9 @@ impl Klp {
             .take()
     }
 
-    /// Says goodbye to every peer and stops the task.
+    /// Sends `Goodbye{shutdown}` to every admitted peer, waits until each has acknowledged
+    /// it (at most `SHUTDOWN_GOODBYE_WAIT`, 1 s, in all), closes every connection and stops
+    /// the task.
     pub async fn shutdown(&self) -> Result<(), KlpError> {
         self.ask(Command::Shutdown).await
     }
@@ -729,13 +733,13 @@ impl EventLoop {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Shutdown(reply)) => {
-                        self.shutdown();
+                        self.shutdown().await;
                         let _ = reply.send(());
                         return;
                     }
                     Some(c) => self.on_command(c),
                     None => {
-                        self.shutdown();
+                        self.shutdown().await;
                         return;
                     }
                 },
@@ -752,7 +756,59 @@ impl EventLoop {
         }
     }
 
-    fn shutdown(&mut self) {
+    /// Says `Goodbye{shutdown}` to every admitted peer, waits until each has acknowledged it
+    /// (or failed, or disconnected), at most [`SHUTDOWN_GOODBYE_WAIT`] in all, then closes
+    /// every connection and stops discovery. Other events during the wait are dropped.
+    async fn shutdown(&mut self) {
+        use request_response::{Event, Message};
+        let admitted: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.state == Some(HandshakeState::Admitted) && !p.connections.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut waiting: HashMap<OutboundRequestId, PeerId> = HashMap::new();
+        for peer in admitted {
+            match self.goodbye(GoodbyeReason::Shutdown, "the node is shutting down") {
+                Ok(bytes) => {
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .map
+                        .send_request(&peer, WireRequest::Map(bytes));
+                    waiting.insert(id, peer);
+                }
+                Err(e) => self.close_unsent(peer, "Goodbye", &e),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GOODBYE_WAIT;
+        while !waiting.is_empty() {
+            let Ok(ev) = tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await
+            else {
+                debug!(
+                    unacknowledged = waiting.len(),
+                    "shutdown: Goodbye not acknowledged in time"
+                );
+                break;
+            };
+            match ev {
+                SwarmEvent::Behaviour(BehaviourEvent::Map(
+                    Event::Message {
+                        message: Message::Response { request_id, .. },
+                        ..
+                    }
+                    | Event::OutboundFailure { request_id, .. },
+                )) => {
+                    waiting.remove(&request_id);
+                }
+                SwarmEvent::ConnectionClosed {
+                    peer_id,
+                    num_established: 0,
+                    ..
+                } => waiting.retain(|_, p| *p != peer_id),
+                _ => {}
+            }
+        }
         let peers: Vec<PeerId> = self
             .peers
             .iter()
@@ -862,7 +918,15 @@ impl EventLoop {
             self.pending_bans.insert(peer, d);
         }
         let p = self.peers.entry(peer).or_default();
-        p.state = Some(HandshakeState::Refused);
+        // A peer that shuts down ends the session, it does not refuse us: it is recorded
+        // (and redialed when listed, once its connections have closed), not banned.
+        p.state = Some(
+            if by == RefusedBy::Peer && reason == GoodbyeReason::Shutdown {
+                HandshakeState::Disconnected
+            } else {
+                HandshakeState::Refused
+            },
+        );
         p.last_refusal = Some(Refusal {
             reason: reason.as_str().to_string(),
             by,
