@@ -26,7 +26,10 @@
 //! `Welcome` (its own manifest and the chosen version) or `Goodbye{reason}` and closes. The
 //! dialer verifies the `Welcome`, checks its own admission rule, and may answer with a
 //! `Goodbye` request of its own. Every message is signed by the node key (the same key as the
-//! libp2p identity) and checked against the connection's peer id.
+//! libp2p identity) and checked against the connection's peer id. On shutdown the node says
+//! `Goodbye{shutdown}` to its admitted peers and waits (at most 1 s) for their
+//! acknowledgements. A message that cannot be built (no randomness for its nonce, or a
+//! failed seal) is never sent; the connection is closed instead.
 //!
 //! ## Discovery
 //! DNS-SD (`mdns-sd`): the node advertises `_kos-klp._udp.local.` with TXT `id=<peer id>` and
@@ -197,7 +200,8 @@ pub enum KlpEvent {
         peer: String,
         version: u16,
     },
-    /// A handshake failed; `reason` is a MAP Goodbye reason.
+    /// A handshake failed, or a peer ended the session with a Goodbye (`shutdown`: it is
+    /// stopping; no ban, a listed peer is redialed); `reason` is a MAP Goodbye reason.
     Refused {
         peer: String,
         reason: String,

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use kos_map_protocol::{
-    GoodbyeReason, MAP_VERSION, Manifest, MapMessage, NodeId, ReplayGuard, Skill, VersionRange,
-    negotiate, open, seal,
+    GoodbyeReason, MAP_VERSION, Manifest, MapError, MapMessage, NodeId, ReplayGuard, Skill,
+    VersionRange, negotiate, open, seal,
 };
 use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::{ConnectedPoint, upgrade};
@@ -42,6 +42,8 @@ const BAN_BAD_PEER: Duration = Duration::from_secs(60);
 const BAN_NOT_APPROVED: Duration = Duration::from_secs(10);
 /// How long a refused connection stays open so that our Goodbye can be read.
 const LINGER: Duration = Duration::from_millis(500);
+/// How long shutdown waits, in all, for admitted peers to acknowledge `Goodbye{shutdown}`.
+const SHUTDOWN_GOODBYE_WAIT: Duration = Duration::from_secs(1);
 const REDIAL_MIN: Duration = Duration::from_secs(1);
 const REDIAL_MAX: Duration = Duration::from_secs(60);
 /// How soon a listed peer that refused us as not approved is dialed again.
@@ -76,6 +78,53 @@ pub enum KlpError {
     Discovery(String),
     #[error("remote call failed: {0}")]
     Call(String),
+}
+
+/// Why a MAP message of ours could not be built. Nothing is sent then: the connection it was
+/// meant for is closed and the reason logged (never a zero nonce or an empty message).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MessageError {
+    #[error("no randomness for the MAP nonce: {0}")]
+    Random(String),
+    #[error("the random source gave an all-zero MAP nonce")]
+    ZeroNonce,
+    #[error("cannot seal the MAP message: {0}")]
+    Seal(#[from] MapError),
+}
+
+/// A MAP nonce from `fill` (the OS random source in the node): an error if the source fails
+/// or yields only zeros.
+fn nonce_from<E: std::fmt::Display>(
+    fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+) -> Result<[u8; 16], MessageError> {
+    let mut nonce = [0u8; 16];
+    fill(&mut nonce).map_err(|e| MessageError::Random(e.to_string()))?;
+    if nonce == [0u8; 16] {
+        return Err(MessageError::ZeroNonce);
+    }
+    Ok(nonce)
+}
+
+fn os_random(buf: &mut [u8]) -> Result<(), getrandom::Error> {
+    getrandom::fill(buf)
+}
+
+/// A sealed `Goodbye{reason}` from `node` (whose key is `key`), its nonce from `fill`.
+fn seal_goodbye<E: std::fmt::Display>(
+    key: &ed25519_dalek::SigningKey,
+    node: NodeId,
+    reason: GoodbyeReason,
+    detail: &str,
+    fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+) -> Result<Vec<u8>, MessageError> {
+    let msg = MapMessage::Goodbye {
+        reason,
+        detail: detail.chars().take(200).collect(),
+        node_id: node,
+        timestamp_ms: now_ms(),
+        nonce: nonce_from(fill)?,
+    };
+    Ok(seal(&msg, key)?)
 }
 
 /// MAP bytes on the wire (CBOR byte strings).
@@ -539,7 +588,9 @@ impl Klp {
             .take()
     }
 
-    /// Says goodbye to every peer and stops the task.
+    /// Sends `Goodbye{shutdown}` to every admitted peer, waits until each has acknowledged
+    /// it (at most `SHUTDOWN_GOODBYE_WAIT`, 1 s, in all), closes every connection and stops
+    /// the task.
     pub async fn shutdown(&self) -> Result<(), KlpError> {
         self.ask(Command::Shutdown).await
     }
@@ -682,13 +733,13 @@ impl EventLoop {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Shutdown(reply)) => {
-                        self.shutdown();
+                        self.shutdown().await;
                         let _ = reply.send(());
                         return;
                     }
                     Some(c) => self.on_command(c),
                     None => {
-                        self.shutdown();
+                        self.shutdown().await;
                         return;
                     }
                 },
@@ -705,7 +756,59 @@ impl EventLoop {
         }
     }
 
-    fn shutdown(&mut self) {
+    /// Says `Goodbye{shutdown}` to every admitted peer, waits until each has acknowledged it
+    /// (or failed, or disconnected), at most [`SHUTDOWN_GOODBYE_WAIT`] in all, then closes
+    /// every connection and stops discovery. Other events during the wait are dropped.
+    async fn shutdown(&mut self) {
+        use request_response::{Event, Message};
+        let admitted: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.state == Some(HandshakeState::Admitted) && !p.connections.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut waiting: HashMap<OutboundRequestId, PeerId> = HashMap::new();
+        for peer in admitted {
+            match self.goodbye(GoodbyeReason::Shutdown, "the node is shutting down") {
+                Ok(bytes) => {
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .map
+                        .send_request(&peer, WireRequest::Map(bytes));
+                    waiting.insert(id, peer);
+                }
+                Err(e) => self.close_unsent(peer, "Goodbye", &e),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GOODBYE_WAIT;
+        while !waiting.is_empty() {
+            let Ok(ev) = tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await
+            else {
+                debug!(
+                    unacknowledged = waiting.len(),
+                    "shutdown: Goodbye not acknowledged in time"
+                );
+                break;
+            };
+            match ev {
+                SwarmEvent::Behaviour(BehaviourEvent::Map(
+                    Event::Message {
+                        message: Message::Response { request_id, .. },
+                        ..
+                    }
+                    | Event::OutboundFailure { request_id, .. },
+                )) => {
+                    waiting.remove(&request_id);
+                }
+                SwarmEvent::ConnectionClosed {
+                    peer_id,
+                    num_established: 0,
+                    ..
+                } => waiting.retain(|_, p| *p != peer_id),
+                _ => {}
+            }
+        }
         let peers: Vec<PeerId> = self
             .peers
             .iter()
@@ -729,10 +832,9 @@ impl EventLoop {
         !self.denied.contains(peer) && (!self.cfg.handshake_required || self.is_approved(peer))
     }
 
-    fn manifest(&self) -> Manifest {
-        let mut nonce = [0u8; 16];
-        let _ = getrandom::fill(&mut nonce);
-        Manifest {
+    fn manifest(&self) -> Result<Manifest, MessageError> {
+        let nonce = nonce_from(os_random)?;
+        Ok(Manifest {
             node_id: self.local_id,
             public_key: self.signing.verifying_key().to_bytes(),
             name: self.cfg.manifest.name.clone(),
@@ -761,27 +863,29 @@ impl EventLoop {
                 .collect(),
             timestamp_ms: now_ms(),
             nonce,
-        }
+        })
     }
 
-    fn goodbye(&self, reason: GoodbyeReason, detail: &str) -> Vec<u8> {
-        let mut nonce = [0u8; 16];
-        let _ = getrandom::fill(&mut nonce);
-        let msg = MapMessage::Goodbye {
-            reason,
-            detail: detail.chars().take(200).collect(),
-            node_id: self.local_id,
-            timestamp_ms: now_ms(),
-            nonce,
-        };
-        seal(&msg, &self.signing).unwrap_or_default()
+    fn goodbye(&self, reason: GoodbyeReason, detail: &str) -> Result<Vec<u8>, MessageError> {
+        seal_goodbye(&self.signing, self.local_id, reason, detail, os_random)
+    }
+
+    /// We could not build a message for `peer`: its connections close now, with the reason
+    /// logged, instead of sending a broken one.
+    fn close_unsent(&mut self, peer: PeerId, what: &str, error: &MessageError) {
+        warn!(peer = %peer, error = %error, "cannot build MAP {what}: closing the connection");
+        self.close_after_response.remove(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
     }
 
     fn send_hello(&mut self, peer: PeerId) {
         if self.hellos.values().any(|p| *p == peer) {
             return;
         }
-        match seal(&MapMessage::Hello(self.manifest()), &self.signing) {
+        let sealed = self
+            .manifest()
+            .and_then(|m| seal(&MapMessage::Hello(m), &self.signing).map_err(MessageError::from));
+        match sealed {
             Ok(bytes) => {
                 let id = self
                     .swarm
@@ -790,7 +894,7 @@ impl EventLoop {
                     .send_request(&peer, WireRequest::Map(bytes));
                 self.hellos.insert(id, peer);
             }
-            Err(e) => warn!(error = %e, "cannot seal Hello"),
+            Err(e) => self.close_unsent(peer, "Hello", &e),
         }
     }
 
@@ -814,7 +918,15 @@ impl EventLoop {
             self.pending_bans.insert(peer, d);
         }
         let p = self.peers.entry(peer).or_default();
-        p.state = Some(HandshakeState::Refused);
+        // A peer that shuts down ends the session, it does not refuse us: it is recorded
+        // (and redialed when listed, once its connections have closed), not banned.
+        p.state = Some(
+            if by == RefusedBy::Peer && reason == GoodbyeReason::Shutdown {
+                HandshakeState::Disconnected
+            } else {
+                HandshakeState::Refused
+            },
+        );
         p.last_refusal = Some(Refusal {
             reason: reason.as_str().to_string(),
             by,
@@ -1253,13 +1365,16 @@ impl EventLoop {
             return;
         };
         let msg = open(&bytes, &transport, now_ms(), &mut self.replay);
-        let response = match msg {
+        // `Err`: the answer could not be built; nothing is sent and the connection closes.
+        let response: Result<WireResponse, (&str, MessageError)> = match msg {
             Err(e) => {
                 let reason = e.goodbye_reason();
                 warn!(peer = %peer, error = %e, "MAP message refused");
                 self.refuse(peer, reason, RefusedBy::Us);
                 self.close_after_response.insert(peer);
-                WireResponse::Map(self.goodbye(reason, &e.to_string()))
+                self.goodbye(reason, &e.to_string())
+                    .map(WireResponse::Map)
+                    .map_err(|e| ("Goodbye", e))
             }
             Ok(MapMessage::Hello(m)) => {
                 let ours = VersionRange {
@@ -1270,45 +1385,55 @@ impl EventLoop {
                     Err(e) => {
                         self.refuse(peer, GoodbyeReason::IncompatibleVersion, RefusedBy::Us);
                         self.close_after_response.insert(peer);
-                        WireResponse::Map(
-                            self.goodbye(GoodbyeReason::IncompatibleVersion, &e.to_string()),
-                        )
+                        self.goodbye(GoodbyeReason::IncompatibleVersion, &e.to_string())
+                            .map(WireResponse::Map)
+                            .map_err(|e| ("Goodbye", e))
                     }
                     Ok(_) if !self.admits(&peer) => {
                         self.refuse(peer, GoodbyeReason::NotApproved, RefusedBy::Us);
                         self.close_after_response.insert(peer);
-                        WireResponse::Map(self.goodbye(
+                        self.goodbye(
                             GoodbyeReason::NotApproved,
                             "this node does not list you in its peers.list",
-                        ))
+                        )
+                        .map(WireResponse::Map)
+                        .map_err(|e| ("Goodbye", e))
                     }
                     Ok(version) => {
-                        let welcome = MapMessage::Welcome {
-                            manifest: self.manifest(),
-                            version,
-                        };
-                        match seal(&welcome, &self.signing) {
+                        let sealed = self.manifest().and_then(|manifest| {
+                            seal(&MapMessage::Welcome { manifest, version }, &self.signing)
+                                .map_err(MessageError::from)
+                        });
+                        match sealed {
                             Ok(b) => {
                                 self.admit(peer, m, version);
-                                WireResponse::Map(b)
+                                Ok(WireResponse::Map(b))
                             }
-                            Err(e) => {
-                                warn!(error = %e, "cannot seal Welcome");
-                                WireResponse::Ack
-                            }
+                            Err(e) => Err(("Welcome", e)),
                         }
                     }
                 }
             }
-            Ok(MapMessage::Goodbye { reason, .. }) => {
+            Ok(MapMessage::Goodbye { reason, detail, .. }) => {
+                info!(peer = %peer, reason = reason.as_str(), detail = %detail, "peer said goodbye");
                 self.refuse(peer, reason, RefusedBy::Peer);
                 self.close_after_response.insert(peer);
-                WireResponse::Ack
+                Ok(WireResponse::Ack)
             }
             Ok(MapMessage::Welcome { .. }) => {
                 self.refuse(peer, GoodbyeReason::Malformed, RefusedBy::Us);
                 self.close_after_response.insert(peer);
-                WireResponse::Map(self.goodbye(GoodbyeReason::Malformed, "unexpected Welcome"))
+                self.goodbye(GoodbyeReason::Malformed, "unexpected Welcome")
+                    .map(WireResponse::Map)
+                    .map_err(|e| ("Goodbye", e))
+            }
+        };
+        let response = match response {
+            Ok(r) => r,
+            Err((what, e)) => {
+                // Dropping the channel resets the peer's stream; the connection closes now.
+                self.close_unsent(peer, what, &e);
+                return;
             }
         };
         if self
@@ -1369,12 +1494,16 @@ impl EventLoop {
     /// (or at the handshake deadline).
     fn say_goodbye(&mut self, peer: PeerId, reason: GoodbyeReason, detail: &str) {
         self.refuse(peer, reason, RefusedBy::Us);
-        let bytes = self.goodbye(reason, detail);
-        self.swarm
-            .behaviour_mut()
-            .map
-            .send_request(&peer, WireRequest::Map(bytes));
-        self.close_soon(peer);
+        match self.goodbye(reason, detail) {
+            Ok(bytes) => {
+                self.swarm
+                    .behaviour_mut()
+                    .map
+                    .send_request(&peer, WireRequest::Map(bytes));
+                self.close_soon(peer);
+            }
+            Err(e) => self.close_unsent(peer, "Goodbye", &e),
+        }
     }
 
     /// Closes the peer's connections after a short linger (so a last message can be read).
@@ -1765,6 +1894,69 @@ fn idle_strangers_to_forget(peers: &HashMap<PeerId, Peer>, keep: usize) -> Vec<P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(n: u8) -> (ed25519_dalek::SigningKey, NodeId) {
+        let k = ed25519_dalek::SigningKey::from_bytes(&[n; 32]);
+        let id = NodeId::from_public_key(k.verifying_key());
+        (k, id)
+    }
+
+    #[test]
+    fn a_failing_random_source_is_an_error_never_a_zero_nonce() {
+        let (k, id) = key(1);
+        let failing = |_: &mut [u8]| Err("entropy source unavailable");
+        assert!(matches!(nonce_from(failing), Err(MessageError::Random(_))));
+        let r = seal_goodbye(&k, id, GoodbyeReason::Shutdown, "bye", failing);
+        assert!(matches!(r, Err(MessageError::Random(ref e)) if e.contains("unavailable")));
+        // A source that "succeeds" with zeros is refused as well.
+        let zeros = |b: &mut [u8]| {
+            b.fill(0);
+            Ok::<(), &str>(())
+        };
+        assert!(matches!(nonce_from(zeros), Err(MessageError::ZeroNonce)));
+        let r = seal_goodbye(&k, id, GoodbyeReason::Shutdown, "bye", zeros);
+        assert!(matches!(r, Err(MessageError::ZeroNonce)));
+    }
+
+    #[test]
+    fn a_failing_seal_is_an_error_never_an_empty_message() {
+        let (k, _) = key(1);
+        let (_, other) = key(2);
+        let r = seal_goodbye(&k, other, GoodbyeReason::Revoked, "x", os_random);
+        assert!(matches!(
+            r,
+            Err(MessageError::Seal(MapError::WrongSigningKey))
+        ));
+    }
+
+    #[test]
+    fn a_goodbye_carries_the_reason_and_the_random_nonce() {
+        let (k, id) = key(3);
+        let fill = |b: &mut [u8]| {
+            b.fill(0xa5);
+            Ok::<(), &str>(())
+        };
+        let bytes = seal_goodbye(&k, id, GoodbyeReason::Shutdown, "bye", fill).unwrap();
+        assert!(!bytes.is_empty());
+        let mut replay = ReplayGuard::new(30_000, 16);
+        match open(&bytes, &id, now_ms(), &mut replay).unwrap() {
+            MapMessage::Goodbye {
+                reason,
+                nonce,
+                node_id,
+                ..
+            } => {
+                assert_eq!(reason, GoodbyeReason::Shutdown);
+                assert_eq!(nonce, [0xa5; 16]);
+                assert_eq!(node_id, id);
+            }
+            other => panic!("not a Goodbye: {other:?}"),
+        }
+        // The node's own source gives distinct, non-zero nonces.
+        let a = nonce_from(os_random).unwrap();
+        let b = nonce_from(os_random).unwrap();
+        assert!(a != [0; 16] && a != b);
+    }
 
     #[test]
     fn idle_strangers_are_bounded_keeping_the_most_recent_and_the_busy() {

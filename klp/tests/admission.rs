@@ -191,3 +191,54 @@ async fn a_listed_peer_that_restarts_is_redialed() {
     a.klp.shutdown().await.unwrap();
     b2.klp.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_says_goodbye_and_the_peer_records_it_without_a_ban() {
+    let a = start(33, "/ip4/127.0.0.1/tcp/0").await;
+    let b = start(34, "/ip4/127.0.0.1/tcp/0").await;
+    let list = vec![entry(&a), entry(&b)];
+    a.klp.set_approved(list.clone(), true).await.unwrap();
+    b.klp.set_approved(list.clone(), true).await.unwrap();
+    wait_peer(&b.klp, &id_of(33), T, "admission", admitted).await;
+    wait_peer(&a.klp, &id_of(34), T, "admission", admitted).await;
+    let mut events = b.klp.subscribe();
+    let a_addr = a.addr.clone();
+    a.klp.shutdown().await.unwrap();
+    // b is told why a leaves: Goodbye{shutdown}, said by the peer.
+    let a_peer = id_of(33).to_string();
+    let said = tokio::time::timeout(T, async {
+        loop {
+            match events.recv().await.unwrap() {
+                KlpEvent::Refused { peer, reason, by } if peer == a_peer => {
+                    return (reason, by);
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("b hears a's Goodbye");
+    assert_eq!(said, ("shutdown".to_string(), RefusedBy::Peer));
+    let seen = wait_peer(&b.klp, &id_of(33), T, "a gone", |p| !p.connected).await;
+    assert_eq!(seen.state, HandshakeState::Disconnected);
+    let refusal = seen.last_refusal.unwrap();
+    assert_eq!(
+        (refusal.reason.as_str(), refusal.by),
+        ("shutdown", RefusedBy::Peer)
+    );
+    // Not a penalty: a comes back on the same address and b admits it again (a dials b, and
+    // b keeps redialing a listed peer).
+    let mut cfg = config(33, &a_addr);
+    cfg.approved = list;
+    let a2 = start_with(cfg).await;
+    wait_peer(
+        &b.klp,
+        &id_of(33),
+        Duration::from_secs(20),
+        "a readmitted",
+        admitted,
+    )
+    .await;
+    a2.klp.shutdown().await.unwrap();
+    b.klp.shutdown().await.unwrap();
+}

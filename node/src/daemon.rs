@@ -6,7 +6,9 @@
 //!
 //! Shutdown is a future: cancelling the node's `CancellationToken` (Ctrl-C, SIGTERM, or a test)
 //! flips `/readyz` to 503, stops accepting connections, lets in-flight requests finish for at
-//! most `api.shutdown_grace`, records a `node_stopped` event and closes the database.
+//! most `api.shutdown_grace`, stops KLP (which says `Goodbye{shutdown}` to admitted peers and
+//! waits at most 1 s for their acknowledgements), records a `node_stopped` event and closes
+//! the database.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
