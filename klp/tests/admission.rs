@@ -103,11 +103,28 @@ async fn approved_peers_admit_each_other_strangers_are_refused_and_removal_disco
     );
     // Nodes 1 and 2 are still admitted to each other.
     assert!(admitted(&peer(&nodes[0].klp, &id_of(2)).await.unwrap()));
-    // Node 3 keeps redialing node 1 with backoff and keeps being refused; it never gets back in.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Node 3 keeps redialing node 1 with backoff and keeps being refused; it never gets back
+    // in. Proof: node 1 refuses a redial of node 3 (a new event, after the revocation), and
+    // node 3 is not admitted afterwards.
+    let mut refusals = nodes[0].klp.subscribe();
+    let id3 = id_of(3).to_string();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match refusals.recv().await {
+                Ok(KlpEvent::Refused { peer, by, .. }) if peer == id3 && by == RefusedBy::Us => {
+                    break;
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("node 1 refuses node 3's redial");
+    let p3 = peer(&nodes[0].klp, &id_of(3)).await.unwrap();
     assert!(
-        !peer(&nodes[0].klp, &id_of(3)).await.unwrap().connected
-            || peer(&nodes[0].klp, &id_of(3)).await.unwrap().state != HandshakeState::Admitted
+        !p3.connected || p3.state != HandshakeState::Admitted,
+        "{p3:?}"
     );
 
     for n in nodes.iter().chain([&stranger]) {

@@ -181,25 +181,34 @@ async fn three_nodes_federate_and_peers_list_edits_apply_while_running() {
         },
     )
     .await;
-    // A broken edit is refused and the running list kept.
+    // A broken edit is refused and the running list kept. Proof: the node counts the
+    // invalid reload, and the peer is still admitted after it.
     std::fs::write(&path, "this is not a peer id\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let metrics = async || {
+        a.http
+            .get(format!("{}/metrics", a.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = metrics().await;
+        if m.contains("kos_peers_list_reloads_total{outcome=\"invalid\"} 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no invalid reload counted: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         get(&a.http, &format!("{}/api/peers/{}", a.base, nodes[1].id)).await["state"],
         "admitted"
-    );
-    let metrics = a
-        .http
-        .get(format!("{}/metrics", a.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("kos_peers_list_reloads_total{outcome=\"invalid\"} 1"),
-        "{metrics}"
     );
 
     for n in nodes {

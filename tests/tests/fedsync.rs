@@ -227,8 +227,16 @@ async fn approval_reaches_five_nodes_a_new_node_joins_and_revocation_cuts_it_off
     )
     .unwrap();
     let mut x = boot(x_dir, x_id.clone(), x_p2p.clone()).await;
-    // Not approved yet: nobody admits it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Not approved yet: nobody admits it. Proof: its bootstrap peer refuses it.
+    wait_until("the bootstrap peer refuses the newcomer", async || {
+        let v = x.get("/api/peers").await;
+        v["peers"].as_array().unwrap().iter().any(|p| {
+            p["id"] == nodes[1].id.as_str()
+                && p["last_refusal"]["reason"] == "not_approved"
+                && p["last_refusal"]["by"] == "peer"
+        })
+    })
+    .await;
     assert!(x.admitted().await.is_empty());
 
     // An admin on node 0 approves it once.
