@@ -1,7 +1,7 @@
 //! Admission of inbound connections before their security handshake (sans I/O).
 //!
 //! A TCP connection is accepted and holds a pending slot until noise and yamux are
-//! negotiated (bounded by [`crate::swarm::INBOUND_UPGRADE_TIMEOUT`]). Before it has a peer id,
+//! negotiated (bounded by the swarm's inbound upgrade timeout, 2 s). Before it has a peer id,
 //! all the node knows is where it comes from. [`PendingInbound`] decides, per connection:
 //!
 //! - a **known** source (an address of an approved peer: listed in `peers.list`, or seen on a

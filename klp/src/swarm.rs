@@ -769,16 +769,9 @@ impl EventLoop {
             .collect();
         let mut waiting: HashMap<OutboundRequestId, PeerId> = HashMap::new();
         for peer in admitted {
-            match self.goodbye(GoodbyeReason::Shutdown, "the node is shutting down") {
-                Ok(bytes) => {
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .map
-                        .send_request(&peer, WireRequest::Map(bytes));
-                    waiting.insert(id, peer);
-                }
-                Err(e) => self.close_unsent(peer, "Goodbye", &e),
+            let sealed = self.goodbye(GoodbyeReason::Shutdown, "the node is shutting down");
+            if let Some(id) = self.send_map(peer, "Goodbye", sealed) {
+                waiting.insert(id, peer);
             }
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GOODBYE_WAIT;
@@ -878,6 +871,28 @@ impl EventLoop {
         let _ = self.swarm.disconnect_peer_id(peer);
     }
 
+    /// Sends a sealed MAP message as a request; a message that could not be built closes
+    /// the connection instead (logged), and nothing is sent.
+    fn send_map(
+        &mut self,
+        peer: PeerId,
+        what: &str,
+        sealed: Result<Vec<u8>, MessageError>,
+    ) -> Option<OutboundRequestId> {
+        match sealed {
+            Ok(bytes) => Some(
+                self.swarm
+                    .behaviour_mut()
+                    .map
+                    .send_request(&peer, WireRequest::Map(bytes)),
+            ),
+            Err(e) => {
+                self.close_unsent(peer, what, &e);
+                None
+            }
+        }
+    }
+
     fn send_hello(&mut self, peer: PeerId) {
         if self.hellos.values().any(|p| *p == peer) {
             return;
@@ -885,16 +900,8 @@ impl EventLoop {
         let sealed = self
             .manifest()
             .and_then(|m| seal(&MapMessage::Hello(m), &self.signing).map_err(MessageError::from));
-        match sealed {
-            Ok(bytes) => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .map
-                    .send_request(&peer, WireRequest::Map(bytes));
-                self.hellos.insert(id, peer);
-            }
-            Err(e) => self.close_unsent(peer, "Hello", &e),
+        if let Some(id) = self.send_map(peer, "Hello", sealed) {
+            self.hellos.insert(id, peer);
         }
     }
 
@@ -1494,15 +1501,9 @@ impl EventLoop {
     /// (or at the handshake deadline).
     fn say_goodbye(&mut self, peer: PeerId, reason: GoodbyeReason, detail: &str) {
         self.refuse(peer, reason, RefusedBy::Us);
-        match self.goodbye(reason, detail) {
-            Ok(bytes) => {
-                self.swarm
-                    .behaviour_mut()
-                    .map
-                    .send_request(&peer, WireRequest::Map(bytes));
-                self.close_soon(peer);
-            }
-            Err(e) => self.close_unsent(peer, "Goodbye", &e),
+        let sealed = self.goodbye(reason, detail);
+        if self.send_map(peer, "Goodbye", sealed).is_some() {
+            self.close_soon(peer);
         }
     }
 

@@ -37,6 +37,22 @@ pub fn require<T>(test: &str, service: Result<T>) -> Option<T> {
     }
 }
 
+/// The first of `candidates` (interpreter names or paths) whose Python runs `check` (code that
+/// fails when a needed package is missing) successfully; the path of that interpreter
+/// (`sys.executable`). `None` when none does.
+pub fn python_with(candidates: &[String], check: &str) -> Option<std::path::PathBuf> {
+    candidates.iter().find_map(|candidate| {
+        let out = std::process::Command::new(candidate)
+            .args(["-c", &format!("{check}\nimport sys; print(sys.executable)")])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    })
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; a small race is accepted in tests).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

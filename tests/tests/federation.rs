@@ -48,6 +48,17 @@ async fn get(http: &reqwest::Client, url: &str) -> Value {
     r.json().await.unwrap()
 }
 
+async fn metrics_text(n: &FedNode) -> String {
+    n.http
+        .get(format!("{}/metrics", n.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn admitted_ids(peers: &Value) -> Vec<String> {
     let mut v: Vec<String> = peers["peers"]
         .as_array()
@@ -147,15 +158,7 @@ async fn three_nodes_federate_and_peers_list_edits_apply_while_running() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
 
-    let metrics = a
-        .http
-        .get(format!("{}/metrics", a.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(a).await;
     assert!(
         metrics.contains("kos_klp_handshakes_total{outcome=\"admitted\"}"),
         "{metrics}"
@@ -184,28 +187,16 @@ async fn three_nodes_federate_and_peers_list_edits_apply_while_running() {
     // A broken edit is refused and the running list kept. Proof: the node counts the
     // invalid reload, and the peer is still admitted after it.
     std::fs::write(&path, "this is not a peer id\n").unwrap();
-    let metrics = async || {
-        a.http
-            .get(format!("{}/metrics", a.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let m = metrics().await;
-        if m.contains("kos_peers_list_reloads_total{outcome=\"invalid\"} 1") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no invalid reload counted: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "the invalid reload counted",
+        Duration::from_secs(20),
+        async || {
+            metrics_text(a)
+                .await
+                .contains("kos_peers_list_reloads_total{outcome=\"invalid\"} 1")
+        },
+    )
+    .await;
     assert_eq!(
         get(&a.http, &format!("{}/api/peers/{}", a.base, nodes[1].id)).await["state"],
         "admitted"

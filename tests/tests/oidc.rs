@@ -37,19 +37,8 @@ fn provider_python() -> Result<PathBuf> {
         candidates.push(p);
     }
     candidates.extend(["python3".into(), "/usr/bin/python3".into()]);
-    for candidate in &candidates {
-        let out = Command::new(candidate)
-            .args([
-                "-c",
-                "import sys, django, oidc_provider; print(sys.executable)",
-            ])
-            .stderr(Stdio::null())
-            .output();
-        if let Ok(o) = out
-            && o.status.success()
-        {
-            return Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-        }
+    if let Some(python) = kos_tests::python_with(&candidates, "import django, oidc_provider") {
+        return Ok(python);
     }
     bail!(
         "no python3 with Django and django-oidc-provider (tried {}; `python3 -m pip install \

@@ -46,20 +46,10 @@ fn py_libp2p() -> Result<PathBuf> {
         candidates.push(format!("{home}/.cache/kos-py-libp2p/bin/python"));
     }
     candidates.extend(["python3".into(), "/usr/bin/python3".into()]);
-    for candidate in &candidates {
-        let out = std::process::Command::new(candidate)
-            .args([
-                "-c",
-                "import sys, importlib.metadata as m, libp2p; v = m.version('libp2p'); \
-                 assert v.startswith('0.8.'), v; print(sys.executable)",
-            ])
-            .stderr(Stdio::null())
-            .output();
-        if let Ok(o) = out
-            && o.status.success()
-        {
-            return Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-        }
+    let check = "import importlib.metadata as m, libp2p\n\
+                 v = m.version('libp2p'); assert v.startswith('0.8.'), v";
+    if let Some(python) = kos_tests::python_with(&candidates, check) {
+        return Ok(python);
     }
     bail!(
         "no Python with libp2p 0.8.x (tried {}; `python3 -m venv ~/.cache/kos-py-libp2p && \

@@ -157,40 +157,58 @@ pub struct Limited<T> {
 }
 
 impl<T> Limited<T> {
-    fn rearm(&mut self) {
+    /// When the connection expires: idle since the last I/O, or stalled since the first
+    /// unanswered byte.
+    fn deadline(&self) -> Instant {
         let idle_at = self.last_io + self.idle;
-        let at = match self.unanswered_since {
+        match self.unanswered_since {
             Some(t) => idle_at.min(t + self.stall),
             None => idle_at,
-        };
-        self.timer.as_mut().reset(at);
+        }
     }
 
+    /// Progress only moves the deadline later, and the timer is re-armed lazily when it
+    /// fires; only a deadline that moves earlier (the first unanswered byte) re-arms it now.
+    /// So the hot path (every read and write) does not touch the timer.
     fn read_some(&mut self) {
         let now = Instant::now();
         self.last_io = now;
-        self.unanswered_since.get_or_insert(now);
-        self.rearm();
+        if self.unanswered_since.is_none() {
+            self.unanswered_since = Some(now);
+            let d = self.deadline();
+            if d < self.timer.deadline() {
+                self.timer.as_mut().reset(d);
+            }
+        }
     }
 
-    fn wrote_some(&mut self) {
-        self.last_io = Instant::now();
-        self.unanswered_since = None;
-        self.rearm();
+    fn wrote(&mut self, r: &Poll<io::Result<usize>>) {
+        if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+            self.last_io = Instant::now();
+            self.unanswered_since = None;
+        }
     }
 
     /// `Pending` turns into a timeout error once the connection is idle or stalled too long.
     fn pending_or_expired<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
-        match self.timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let d = self.deadline();
+            if Instant::now() < d {
+                // Progress since the timer was armed: wait for the new deadline.
+                self.timer.as_mut().reset(d);
+                continue;
+            }
+            return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 if self.unanswered_since.is_some() {
                     "a request that never completed (stalled connection)"
                 } else {
                     "no I/O on the connection within the idle timeout"
                 },
-            ))),
-            Poll::Pending => Poll::Pending,
+            )));
         }
     }
 }
@@ -222,15 +240,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Limited<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    this.wrote_some();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => this.pending_or_expired(cx),
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wrote(&r);
+        if r.is_pending() {
+            return this.pending_or_expired(cx);
         }
+        r
     }
 
     fn poll_write_vectored(
@@ -239,15 +254,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Limited<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    this.wrote_some();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => this.pending_or_expired(cx),
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wrote(&r);
+        if r.is_pending() {
+            return this.pending_or_expired(cx);
         }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
