@@ -258,7 +258,8 @@ mod redis_bus {
         connected: Arc<AtomicBool>,
         dropped: Arc<AtomicU64>,
         cancel: CancellationToken,
-        publisher: std::sync::Mutex<Option<JoinHandle<()>>>,
+        /// The publisher and subscriber tasks, joined at shutdown.
+        tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     }
 
     /// The bus channel of a node.
@@ -294,7 +295,7 @@ mod redis_bus {
                 dropped.clone(),
                 cancel.clone(),
             ));
-            tokio::spawn(subscribe_loop(
+            let subscriber = tokio::spawn(subscribe_loop(
                 client,
                 channel.clone(),
                 node_id.to_string(),
@@ -313,7 +314,7 @@ mod redis_bus {
                 connected,
                 dropped,
                 cancel,
-                publisher: std::sync::Mutex::new(Some(publisher)),
+                tasks: std::sync::Mutex::new(vec![publisher, subscriber]),
             })
         }
 
@@ -357,13 +358,18 @@ mod redis_bus {
         fn shutdown(&self) -> BoxFuture<'_> {
             Box::pin(async move {
                 self.cancel.cancel();
-                let handle = self.publisher.lock().ok().and_then(|mut h| h.take());
-                if let Some(h) = handle
-                    && tokio::time::timeout(Duration::from_secs(3), h)
-                        .await
-                        .is_err()
+                let handles: Vec<_> = self
+                    .tasks
+                    .lock()
+                    .map(|mut h| std::mem::take(&mut *h))
+                    .unwrap_or_default();
+                // The publisher sends what is queued first; 3 s bounds both together.
+                let all = futures::future::join_all(handles);
+                if tokio::time::timeout(Duration::from_secs(3), all)
+                    .await
+                    .is_err()
                 {
-                    warn!(target = %self.target, "Redis bus publisher did not finish in time");
+                    warn!(target = %self.target, "Redis bus tasks did not finish in time");
                 }
             })
         }

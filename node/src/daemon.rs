@@ -1,33 +1,43 @@
-//! The running node: start-up order, shared state, hot reload and graceful shutdown.
+//! The composition root: start-up order, wiring of the services, signals and graceful
+//! shutdown. Nothing in this crate imports it but the command line (`cli`).
 //!
 //! Start-up validates everything before any port is bound: config directory (created with the
-//! standalone profile on first run), identity key, effective configuration, snapshot history,
-//! database and migrations. Only then is the API listener bound and `/readyz` turns 200.
+//! standalone profile on first run), identity key, effective configuration, `peers.list`,
+//! authentication and TLS material ([`check`]); then the stores open (snapshot history,
+//! database and migrations, vector store), KLP starts when enabled, the API listener is
+//! bound, the run file (`run/node.json`) is written and `/readyz` turns 200. A failure after
+//! KLP started stops KLP, the tasks and the stores again.
 //!
 //! Shutdown is a future: cancelling the node's `CancellationToken` (Ctrl-C, SIGTERM, or a test)
 //! flips `/readyz` to 503, stops accepting connections, lets in-flight requests finish for at
 //! most `api.shutdown_grace`, stops KLP (which says `Goodbye{shutdown}` to admitted peers and
-//! waits at most 1 s for their acknowledgements), records a `node_stopped` event and closes
-//! the database.
+//! waits at most 1 s for their acknowledgements), joins every task of the node's tracker,
+//! records a `node_stopped` event, stops the bus and closes the database, last.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use kos_config::snapshot::Action;
+use axum_server::tls_rustls::RustlsConfig;
 use kos_config::{ConfigDir, LoadOptions, Loaded, ProfileKind, Store};
-use tokio::sync::{Mutex, watch};
+use kos_klp::{Klp, KlpEvent, PeersFile};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::api::ApiState;
+use crate::auth::Authenticator;
+use crate::fedsync::{FedCore, FedParts, FedSync, NodeServices};
 use crate::identity::Identity;
 use crate::metrics::{InfoLabels, Metrics};
-use crate::store::{Db, EventLog, Meta, NewEvent};
+use crate::runfile::{self, RunInfo};
+use crate::runtime::{ConfigRuntime, EventRecorder, Tasks};
+use crate::store::{Db, Meta};
 use crate::telemetry::LogReloader;
+use crate::vector::VectorStore;
 
 /// How to start a node.
 #[derive(Clone)]
@@ -68,173 +78,14 @@ impl NodeOptions {
     }
 }
 
-/// What this build supports, from its cargo features.
-pub fn capabilities() -> kos_config::Capabilities {
-    kos_config::Capabilities {
-        postgres: cfg!(feature = "postgres"),
-        redis: cfg!(feature = "redis"),
-        qdrant: cfg!(feature = "qdrant"),
-        embedded_vector: true,
-        api_auth: true,
-    }
-}
-
-/// State shared by every request handler and background task.
-pub struct NodeState {
-    pub dir: ConfigDir,
-    pub snapshots: Store,
-    pub db: Db,
-    pub identity: Identity,
-    pub load_opts: LoadOptions,
-    /// The effective configuration; updated on apply, rollback and reload.
-    pub current: watch::Sender<Arc<Loaded>>,
-    /// The configuration the node started with (what restart-only sections still use).
-    pub boot: Arc<Loaded>,
-    pub metrics: Arc<Metrics>,
-    /// The KLP swarm, when the profile enables it.
-    pub klp: Option<kos_klp::Klp>,
-    /// Federation sync (with KLP).
-    pub fed: Option<crate::fedsync::FedSync>,
-    /// The vector store (`storage.vector`), unless `none`.
-    pub vectors: Option<Arc<dyn crate::vector::VectorStore>>,
-    /// Verifies API callers' tokens.
-    pub auth: crate::auth::Authenticator,
-    pub started: Instant,
-    pub started_at: SystemTime,
-    pub listen: SocketAddr,
-    ready: AtomicBool,
-    log_reloader: Option<LogReloader>,
-    /// Serializes config changes made through this node.
-    pub change_lock: Mutex<()>,
-    /// Node events, published after they are recorded (`messaging.bus`).
-    pub bus: Arc<dyn crate::bus::EventBus>,
-    /// Best-effort cache (`storage.cache`).
-    pub cache: crate::cache::Cache,
-    /// Changes whenever an event is recorded: cache keys of event reads include it.
-    events_generation: AtomicU64,
-}
-
-impl std::fmt::Debug for NodeState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeState")
-            .field("dir", &self.dir)
-            .field("listen", &self.listen)
-            .finish_non_exhaustive()
-    }
-}
-
-impl NodeState {
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
-    }
-
-    pub fn config(&self) -> Arc<Loaded> {
-        self.current.borrow().clone()
-    }
-
-    /// Starts random per process (cache entries of an earlier run never match) and moves on
-    /// every recorded event.
-    pub fn events_generation(&self) -> u64 {
-        self.events_generation.load(Ordering::SeqCst)
-    }
-
-    /// Top-level sections whose running value differs from the current configuration and
-    /// that only take effect after a restart.
-    pub fn pending_restart(&self) -> Vec<String> {
-        let a: serde_json::Value = serde_json::from_str(&self.boot.canonical).unwrap_or_default();
-        let b: serde_json::Value =
-            serde_json::from_str(&self.config().canonical).unwrap_or_default();
-        kos_config::diff::split_sections(&kos_config::diff::diff_json(&a, &b)).1
-    }
-
-    /// Makes a new configuration the current one and applies its live sections.
-    pub fn activate(&self, loaded: Loaded) {
-        let old = self.config();
-        if old.config.logging.level != loaded.config.logging.level
-            && let Some(r) = &self.log_reloader
-            && let Err(e) = r(&loaded.config.logging.level.0)
-        {
-            warn!(error = %e, "cannot change the log level");
-        }
-        self.metrics.set_snapshot(loaded.snapshot_id.as_str());
-        info!(snapshot = %loaded.snapshot_id.short(), previous = %old.snapshot_id.short(), "configuration active");
-        self.current.send_replace(Arc::new(loaded));
-    }
-
-    /// Records a node event, then publishes it on the bus; a database failure is logged, not
-    /// fatal (and nothing is published: the bus never carries what the log does not have).
-    pub async fn record(
-        &self,
-        kind: &str,
-        actor: &str,
-        snapshot_id: Option<&str>,
-        detail: serde_json::Value,
-    ) {
-        let e = NewEvent {
-            kind: kind.into(),
-            actor: actor.into(),
-            snapshot_id: snapshot_id.map(str::to_string),
-            detail,
-        };
-        match self.db.append(&e).await {
-            Ok(id) => {
-                self.events_generation.fetch_add(1, Ordering::SeqCst);
-                let ev = crate::bus::BusEvent::recorded(&self.identity.id().to_string(), id, &e);
-                if let Err(err) = self.bus.publish(ev) {
-                    warn!(error = %err, kind, id, "node event not published on the bus (it is in the event log)");
-                }
-            }
-            Err(err) => error!(error = %err, kind, "cannot record node event"),
-        }
-    }
-
-    /// Records an event caused by an API request.
-    pub async fn record_api(&self, kind: &str, detail: serde_json::Value) {
-        self.record(kind, "api", None, detail).await;
-    }
-
-    /// Re-reads the configuration from disk (SIGHUP). An invalid configuration is reported
-    /// and the running one kept.
-    pub async fn reload_from_disk(self: &Arc<Self>) -> Result<bool> {
-        let _guard = self.change_lock.lock().await;
-        let dir = self.dir.clone();
-        let opts = self.load_opts.clone();
-        let loaded = tokio::task::spawn_blocking(move || dir.load(&opts)).await?;
-        match loaded {
-            Err(d) => {
-                Metrics::outcome(&self.metrics.config_reloads, "invalid");
-                for e in d.errors() {
-                    error!(%e, "reload refused: invalid configuration; keeping the running one");
-                }
-                Ok(false)
-            }
-            Ok(l) => {
-                if l.snapshot_id == self.config().snapshot_id {
-                    Metrics::outcome(&self.metrics.config_reloads, "unchanged");
-                    return Ok(false);
-                }
-                let store = self.snapshots.clone();
-                let l2 = l.clone();
-                tokio::task::spawn_blocking(move || store.reconcile(&l2, "reload")).await??;
-                self.record(
-                    "config_reloaded",
-                    "reload",
-                    Some(l.snapshot_id.as_str()),
-                    serde_json::json!({}),
-                )
-                .await;
-                Metrics::outcome(&self.metrics.config_reloads, "applied");
-                self.activate(l);
-                Ok(true)
-            }
-        }
-    }
-}
+/// What this build supports (see [`crate::runtime::capabilities`]).
+pub use crate::runtime::capabilities;
 
 /// A started node.
 pub struct RunningNode {
     pub addr: SocketAddr,
-    pub state: Arc<NodeState>,
+    /// The services the API is given (configuration, events, KLP, federation, stores).
+    pub state: Arc<ApiState>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<()>>,
 }
@@ -250,6 +101,11 @@ impl std::fmt::Debug for RunningNode {
 impl RunningNode {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// The node's tasks (and readiness).
+    pub fn tasks(&self) -> &Tasks {
+        &self.state.tasks
     }
 
     /// Stops the node and waits for it to finish.
@@ -280,6 +136,36 @@ pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
     start_with_shutdown(opts, CancellationToken::new()).await
 }
 
+/// How long shutdown waits for the node's tasks after KLP has stopped.
+const TASKS_STOP_LIMIT: Duration = Duration::from_secs(5);
+
+/// What start-up has checked before anything is bound or opened.
+struct Checked {
+    identity: Identity,
+    dir: ConfigDir,
+    loaded: Loaded,
+    peers_file: Option<PeersFile>,
+    auth: Authenticator,
+    tls: Option<RustlsConfig>,
+    listen: SocketAddr,
+}
+
+/// The stores, opened in this order and closed in the reverse one.
+struct Stores {
+    snapshots: Store,
+    db: Db,
+    vectors: Option<Arc<dyn VectorStore>>,
+}
+
+/// KLP and federation sync, when the profile enables KLP.
+struct Federation {
+    klp: Klp,
+    core: FedCore,
+    events: broadcast::Receiver<KlpEvent>,
+    handle: FedSync,
+    parts: FedParts,
+}
+
 /// [`start`] with the node's shutdown token given by the caller, so that a shutdown during
 /// start-up (while waiting for the database) stops waiting.
 pub async fn start_with_shutdown(
@@ -290,6 +176,38 @@ pub async fn start_with_shutdown(
     if opts.create_if_missing && ensure_home(&opts.dir)? {
         info!(dir = %opts.dir.display(), "created a standalone node configuration");
     }
+    let mut checked = check(&opts).await?;
+    let tasks = Tasks::new(shutdown.clone());
+    let stores = open_stores(&checked, &shutdown).await?;
+    let metrics = Arc::new(Metrics::new());
+    let fed = match checked.peers_file.take() {
+        Some(peers) => match start_klp(&checked, &stores.db, peers, &tasks, &metrics).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                close_stores(&stores.db, stores.vectors.as_ref()).await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    // From here on, a failure stops what was started: KLP, the tasks, the stores.
+    let klp = fed.as_ref().map(|f| f.klp.clone());
+    let (db, vectors) = (stores.db.clone(), stores.vectors.clone());
+    match serve(opts, checked, stores, fed, metrics, tasks.clone()).await {
+        Ok(node) => Ok(node),
+        Err(e) => {
+            if let Some(k) = klp {
+                let _ = k.shutdown().await;
+            }
+            tasks.close_and_wait(TASKS_STOP_LIMIT).await;
+            close_stores(&db, vectors.as_ref()).await;
+            Err(e)
+        }
+    }
+}
+/// Everything that can be checked before a port is bound or a store opened: identity,
+/// configuration, `peers.list`, authentication, TLS material, the listen policy.
+async fn check(opts: &NodeOptions) -> Result<Checked> {
     let (identity, created) =
         Identity::load_or_create(&opts.dir).context("loading the node identity")?;
     if created {
@@ -303,7 +221,6 @@ pub async fn start_with_shutdown(
         warn!(%w, "configuration");
     }
     let cfg = &loaded.config;
-    // peers.list is validated with the configuration, before anything is bound.
     let peers_file = if cfg.federation.klp.enabled {
         Some(
             crate::fedsync::read_peers_file(dir.root())
@@ -317,8 +234,7 @@ pub async fn start_with_shutdown(
             anyhow::anyhow!("federation.klp.remote_roles.peers: `{id}` is not a peer id: {e}")
         })?;
     }
-    // Authentication and TLS material are checked before anything is bound too.
-    let auth = crate::auth::Authenticator::new(cfg, &identity.id().to_string(), dir.root())
+    let auth = Authenticator::new(cfg, &identity.id().to_string(), dir.root())
         .context("setting up authentication")?;
     let tls = match &cfg.api.tls {
         Some(t) => {
@@ -327,7 +243,7 @@ pub async fn start_with_shutdown(
                 crate::store::resolve_location(&t.key, dir.root()),
             );
             Some(
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                RustlsConfig::from_pem_file(&cert, &key)
                     .await
                     .with_context(|| {
                         format!(
@@ -351,17 +267,27 @@ pub async fn start_with_shutdown(
             warn!(%listen, "the API is plain HTTP on a non-loopback address: bearer tokens cross the network in clear text; set api.tls");
         }
     }
-    if let Some(o) = auth.oidc() {
-        let o = o.clone();
-        tokio::spawn(async move { o.refresh().await });
-    }
-    let snapshots = Store::open(&dir).context("opening the snapshot store")?;
+    Ok(Checked {
+        identity,
+        dir,
+        loaded,
+        peers_file,
+        auth,
+        tls,
+        listen,
+    })
+}
+
+/// The snapshot history (recording the configuration), the database, the vector store.
+async fn open_stores(c: &Checked, shutdown: &CancellationToken) -> Result<Stores> {
+    let snapshots = Store::open(&c.dir).context("opening the snapshot store")?;
     if let Some(e) = snapshots
-        .reconcile(&loaded, "node")
+        .reconcile(&c.loaded, "node")
         .context("recording the configuration in the history")?
     {
         info!(seq = e.seq, action = ?e.action, snapshot = %e.id.short(), "configuration recorded in history");
     }
+    let cfg = &c.loaded.config;
     let kind = cfg
         .storage
         .database
@@ -370,52 +296,76 @@ pub async fn start_with_shutdown(
     let db = Db::connect(
         &cfg.database,
         kind,
-        dir.root(),
+        c.dir.root(),
         crate::backoff::Backoff::DATABASE_AT_START,
-        &shutdown,
+        shutdown,
     )
     .await
     .context("opening the database")?;
-    let vectors = open_vectors(cfg, dir.root()).await?;
-
-    let metrics = Arc::new(Metrics::new());
-    let mut fed_start = None;
-    let klp = match peers_file {
-        Some(peers) => {
-            // The federation log (from the database) and peers.list decide whom the swarm
-            // admits from the first connection on.
-            let core = crate::fedsync::FedCore::open(cfg, &db, dir.root(), peers)
-                .await
-                .context("opening the federation log")?;
-            let kc = crate::federation::klp_config(&loaded, &identity, core.effective_peers());
-            let (klp, _task) = kos_klp::Klp::start(kc).await.context("starting KLP")?;
-            let events = klp.subscribe();
-            info!(node_id = %klp.local_id(), listen = ?klp.listen_addrs().await.unwrap_or_default(), "KLP started");
-            crate::federation::record_events(&klp, metrics.clone(), shutdown.clone());
-            fed_start = Some((core, events));
-            Some(klp)
-        }
-        None => None,
-    };
-    let (fed, fed_parts) = match &klp {
-        Some(_) => {
-            let (h, p) = crate::fedsync::channel();
-            (Some(h), Some(p))
-        }
-        None => (None, None),
-    };
-
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => l,
+    match open_vectors(cfg, c.dir.root()).await {
+        Ok(vectors) => Ok(Stores {
+            snapshots,
+            db,
+            vectors,
+        }),
         Err(e) => {
-            if let Some(k) = &klp {
-                let _ = k.shutdown().await;
-            }
-            return Err(e).with_context(|| format!("binding the API to {listen}"));
+            db.close().await;
+            Err(e)
         }
-    };
+    }
+}
+
+/// Starts KLP: the federation log (from the database) and `peers.list` decide whom the swarm
+/// admits from the first connection on. The swarm's event loop becomes a service of `tasks`.
+async fn start_klp(
+    c: &Checked,
+    db: &Db,
+    peers: PeersFile,
+    tasks: &Tasks,
+    metrics: &Arc<Metrics>,
+) -> Result<Federation> {
+    let core = FedCore::open(&c.loaded.config, db, c.dir.root(), peers)
+        .await
+        .context("opening the federation log")?;
+    let kc = crate::federation::klp_config(&c.loaded, &c.identity, core.effective_peers());
+    let (klp, swarm) = Klp::start(kc).await.context("starting KLP")?;
+    tasks.spawn_service("klp-swarm", async move {
+        if let Err(e) = swarm.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    });
+    // Subscribed before anything else runs, so the sync actor misses no admission.
+    let events = klp.subscribe();
+    info!(node_id = %klp.local_id(), listen = ?klp.listen_addrs().await.unwrap_or_default(), "KLP started");
+    crate::federation::record_events(tasks, &klp, metrics.clone());
+    let (handle, parts) = crate::fedsync::channel();
+    Ok(Federation {
+        klp,
+        core,
+        events,
+        handle,
+        parts,
+    })
+}
+
+/// Binds the API, builds the services, starts the sync actor and the servers, and spawns the
+/// node's supervising task (which runs the shutdown).
+async fn serve(
+    opts: NodeOptions,
+    c: Checked,
+    stores: Stores,
+    fed: Option<Federation>,
+    metrics: Arc<Metrics>,
+    tasks: Tasks,
+) -> Result<RunningNode> {
+    let listener = tokio::net::TcpListener::bind(c.listen)
+        .await
+        .with_context(|| format!("binding the API to {}", c.listen))?;
     let addr = listener.local_addr()?;
-    let node_id = identity.id().to_string();
+    let cfg = &c.loaded.config;
+    let node_id = c.identity.id().to_string();
     let bus = crate::bus::from_config(cfg, &node_id).context("starting the event bus")?;
     let cache = crate::cache::Cache::from_config(cfg, &node_id).context("opening the cache")?;
     info!(
@@ -423,50 +373,43 @@ pub async fn start_with_shutdown(
         cache = cache.kind(),
         "event bus and cache"
     );
-
-    metrics
-        .info
-        .get_or_create(&InfoLabels {
-            version: env!("CARGO_PKG_VERSION").into(),
-            profile: cfg.profile.as_str().into(),
-            node_id: identity.id().to_string(),
-        })
-        .set(1);
-    metrics.set_snapshot(loaded.snapshot_id.as_str());
     let started_at = SystemTime::now();
-    metrics.start_time.set(
-        started_at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64),
+    set_info_metrics(&metrics, &c, started_at);
+    if let Some(o) = c.auth.oidc() {
+        let (o, token) = (o.clone(), tasks.token().clone());
+        tasks.spawn("oidc-first-fetch", async move {
+            tokio::select! {
+                () = o.refresh() => {}
+                () = token.cancelled() => {}
+            }
+        });
+    }
+    let events = EventRecorder::new(stores.db.clone(), bus, &node_id);
+    let boot = Arc::new(c.loaded);
+    let config = ConfigRuntime::new(
+        c.dir,
+        stores.snapshots,
+        opts.load.clone(),
+        boot.clone(),
+        opts.log_reloader.clone(),
+        metrics.clone(),
+        events.clone(),
     );
-
-    let grace = cfg.api.shutdown_grace.get();
-    let boot = Arc::new(loaded);
-    let (current, _) = watch::channel(boot.clone());
-    let state = Arc::new(NodeState {
-        dir,
-        snapshots,
-        db,
-        identity,
-        load_opts: opts.load.clone(),
-        current,
-        boot: boot.clone(),
+    let state = Arc::new(ApiState {
+        config,
+        events,
+        tasks: tasks.clone(),
+        db: stores.db,
+        identity: c.identity,
         metrics,
-        klp,
-        fed,
-        vectors,
-        auth,
+        auth: c.auth,
+        klp: fed.as_ref().map(|f| f.klp.clone()),
+        fed: fed.as_ref().map(|f| f.handle.clone()),
+        vectors: stores.vectors,
+        cache,
         started: Instant::now(),
         started_at,
         listen: addr,
-        ready: AtomicBool::new(false),
-        log_reloader: opts.log_reloader.clone(),
-        change_lock: Mutex::new(()),
-        bus,
-        cache,
-        events_generation: AtomicU64::new(
-            getrandom::u64().unwrap_or_else(|_| crate::store::now_ms() as u64),
-        ),
     });
     if state.db.get("first_started_ms").await?.is_none() {
         state
@@ -475,6 +418,7 @@ pub async fn start_with_shutdown(
             .await?;
     }
     state
+        .events
         .record(
             "node_started",
             "node",
@@ -482,45 +426,104 @@ pub async fn start_with_shutdown(
             serde_json::json!({"profile": boot.profile_id, "listen": addr.to_string(), "version": env!("CARGO_PKG_VERSION")}),
         )
         .await;
-
-    if let (Some(k), Some((core, events)), Some(parts)) = (&state.klp, fed_start, fed_parts) {
-        crate::fedsync::spawn(
-            core,
-            parts,
-            state.clone(),
-            k.clone(),
-            events,
-            shutdown.clone(),
-        );
-    }
     let app = crate::api::router(state.clone());
-    if let Some(k) = &state.klp {
-        crate::federation::serve_remote_calls(
-            k,
+    if let Some(f) = fed {
+        let services = NodeServices {
+            config: state.config.clone(),
+            events: state.events.clone(),
+            tasks: tasks.clone(),
+            db: state.db.clone(),
+            metrics: state.metrics.clone(),
+        };
+        crate::api::remote::serve(
+            &tasks,
+            &f.klp,
             app.clone(),
-            state.boot.config.federation.klp.remote_roles.clone(),
-            shutdown.clone(),
+            boot.config.federation.klp.remote_roles.clone(),
         );
+        crate::fedsync::spawn(f.core, f.parts, services, f.klp, f.events);
     }
-    let token = shutdown.clone();
-    let st = state.clone();
-    let limits = crate::api::conn_limit::ConnLimits::new(
-        state.boot.config.api.max_connections,
-        state.boot.config.api.max_connections_per_ip,
-        state.boot.config.api.request_timeout.get(),
+    let server = ApiServer::start(listener, c.tls, app, &state);
+    let run = RunInfo {
+        pid: std::process::id(),
+        node_id: node_id.clone(),
+        api: addr,
+        tls: boot.config.api.tls.is_some(),
+        klp: match &state.klp {
+            Some(k) => k
+                .listen_addrs()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| format!("{a}/p2p/{node_id}"))
+                .collect(),
+            None => Vec::new(),
+        },
+        started_ms: crate::store::now_ms(),
+    };
+    let home = state.config.dir().root().to_path_buf();
+    if let Err(e) = runfile::write(&home, &run) {
+        warn!(file = %runfile::path(&home).display(), error = %e, "cannot write the run file; `kos` commands use api.listen");
+    }
+    let task = tokio::spawn(supervise(state.clone(), server, home));
+    tasks.set_serving(true);
+    info!(node_id = %state.identity.id(), api = %addr, profile = %boot.profile_id, snapshot = %boot.snapshot_id.short(), "node ready");
+    Ok(RunningNode {
+        addr,
+        state,
+        shutdown: tasks.token().clone(),
+        task,
+    })
+}
+
+fn set_info_metrics(metrics: &Metrics, c: &Checked, started_at: SystemTime) {
+    metrics
+        .info
+        .get_or_create(&InfoLabels {
+            version: env!("CARGO_PKG_VERSION").into(),
+            profile: c.loaded.config.profile.as_str().into(),
+            node_id: c.identity.id().to_string(),
+        })
+        .set(1);
+    metrics.set_snapshot(c.loaded.snapshot_id.as_str());
+    metrics.start_time.set(
+        started_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
     );
-    let task = tokio::spawn(async move {
-        let serve_token = token.clone();
+}
+
+/// The API server: plain HTTP through the connection limiter, or TLS.
+struct ApiServer {
+    task: JoinHandle<std::io::Result<()>>,
+    tls_handle: axum_server::Handle<SocketAddr>,
+    grace: Duration,
+}
+
+impl ApiServer {
+    fn start(
+        listener: tokio::net::TcpListener,
+        tls: Option<RustlsConfig>,
+        app: axum::Router,
+        state: &ApiState,
+    ) -> Self {
+        let api = &state.config.boot().config.api;
+        let limits = crate::api::conn_limit::ConnLimits::new(
+            api.max_connections,
+            api.max_connections_per_ip,
+            api.request_timeout.get(),
+        );
+        let token = state.tasks.token().clone();
         let tls_handle = axum_server::Handle::new();
         let h = tls_handle.clone();
-        let mut server = tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             match tls {
                 None => {
                     axum::serve(
                         crate::api::conn_limit::LimitedListener::new(listener, limits),
                         app.into_make_service(),
                     )
-                    .with_graceful_shutdown(async move { serve_token.cancelled().await })
+                    .with_graceful_shutdown(async move { token.cancelled().await })
                     .await
                 }
                 Some(config) => {
@@ -535,63 +538,87 @@ pub async fn start_with_shutdown(
                 }
             }
         });
-        tokio::select! {
-            biased;
-            () = token.cancelled() => {
-                st.ready.store(false, Ordering::SeqCst);
-                info!(grace = ?grace, "shutting down: draining requests");
-                tls_handle.graceful_shutdown(Some(grace));
-                match tokio::time::timeout(grace, &mut server).await {
-                    Ok(r) => r.context("API server task")?.context("API server")?,
-                    Err(_) => {
-                        warn!(grace = ?grace, "requests still running after the grace period; closing them");
-                        server.abort();
-                    }
-                }
-            }
-            r = &mut server => {
-                // The server ended without being asked to: an accept error.
-                st.ready.store(false, Ordering::SeqCst);
-                r.context("API server task")?.context("API server")?;
+        Self {
+            task,
+            tls_handle,
+            grace: api.shutdown_grace.get(),
+        }
+    }
+
+    /// Lets in-flight requests finish for at most the grace period, then closes them.
+    async fn drain(mut self) -> Result<()> {
+        info!(grace = ?self.grace, "shutting down: draining requests");
+        self.tls_handle.graceful_shutdown(Some(self.grace));
+        match tokio::time::timeout(self.grace, &mut self.task).await {
+            Ok(r) => r.context("API server task")?.context("API server"),
+            Err(_) => {
+                warn!(grace = ?self.grace, "requests still running after the grace period; closing them");
+                self.task.abort();
+                Ok(())
             }
         }
-        if let Some(k) = &st.klp {
-            let _ = k.shutdown().await;
+    }
+}
+
+/// The node's own task: waits for shutdown (or the API server's end), then stops everything
+/// in order. See "Shutdown order" in docs/ARCHITECTURE.md.
+async fn supervise(st: Arc<ApiState>, mut server: ApiServer, home: PathBuf) -> Result<()> {
+    let token = st.tasks.token().clone();
+    let served = tokio::select! {
+        biased;
+        () = token.cancelled() => {
+            st.tasks.set_serving(false);
+            server.drain().await
         }
-        st.record(
+        r = &mut server.task => {
+            // The server ended without being asked to: an accept error. The node stops.
+            st.tasks.set_serving(false);
+            let r = r.context("API server task").and_then(|r| r.context("API server"));
+            let what = match &r {
+                Ok(()) => "ended without an error".to_string(),
+                Err(e) => format!("ended: {e:#}"),
+            };
+            st.tasks.report_failure("api-server", what);
+            token.cancel();
+            r
+        }
+    };
+    // 1. KLP: Goodbye{shutdown} to admitted peers, at most 1 s for their acks; the swarm's
+    //    event loop then ends.
+    if let Some(k) = &st.klp {
+        let _ = k.shutdown().await;
+    }
+    // 2. Every task: the sync actor (and the store of the ops it queued), the swarm, the
+    //    event recorder, the remote-call server, jobs in flight.
+    st.tasks.close_and_wait(TASKS_STOP_LIMIT).await;
+    // 3. The last event, then the bus, then the stores.
+    st.events
+        .record(
             "node_stopped",
             "node",
-            Some(st.config().snapshot_id.as_str()),
+            Some(st.config.current().snapshot_id.as_str()),
             serde_json::json!({}),
         )
         .await;
-        let _ = st
-            .db
-            .put("last_clean_stop_ms", &crate::store::now_ms().to_string())
-            .await;
-        st.bus.shutdown().await;
-        if let Some(f) = &st.fed
-            && !f.flushed(std::time::Duration::from_secs(5)).await
-        {
-            warn!("federation ops still being stored at shutdown; peers will resend them");
-        }
-        st.db.close().await;
-        if let Some(v) = &st.vectors
-            && let Err(e) = v.close().await
-        {
-            warn!(error = %e, "closing the vector store");
-        }
-        info!("stopped");
-        Ok(())
-    });
-    state.ready.store(true, Ordering::SeqCst);
-    info!(node_id = %state.identity.id(), api = %addr, profile = %boot.profile_id, snapshot = %boot.snapshot_id.short(), "node ready");
-    Ok(RunningNode {
-        addr,
-        state,
-        shutdown,
-        task,
-    })
+    let _ = st
+        .db
+        .put("last_clean_stop_ms", &crate::store::now_ms().to_string())
+        .await;
+    st.events.bus().shutdown().await;
+    close_stores(&st.db, st.vectors.as_ref()).await;
+    runfile::remove(&home);
+    info!("stopped");
+    served
+}
+
+/// Closes the database, then the vector store.
+async fn close_stores(db: &Db, vectors: Option<&Arc<dyn VectorStore>>) {
+    db.close().await;
+    if let Some(v) = vectors
+        && let Err(e) = v.close().await
+    {
+        warn!(error = %e, "closing the vector store");
+    }
 }
 
 /// Opens the configured vector store. The embedded engine must open (its file is local); a
@@ -645,20 +672,21 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
     let node = node?;
     let token = node.shutdown_token();
     let state = node.state.clone();
+    let tasks = node.tasks().clone();
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let t = token.clone();
-        tokio::spawn(async move {
+        tasks.spawn_service("signals", async move {
             loop {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => { info!("Ctrl-C received"); break; }
                     _ = term.recv() => { info!("SIGTERM received"); break; }
                     _ = hup.recv() => {
                         info!("SIGHUP received: reloading the configuration");
-                        if let Err(e) = state.reload_from_disk().await {
+                        if let Err(e) = state.config.reload_from_disk().await {
                             error!(error = %e, "reload failed");
                         }
                     }
@@ -671,76 +699,14 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
     #[cfg(not(unix))]
     {
         let t = token.clone();
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            t.cancel();
+        tasks.spawn_service("signals", async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => t.cancel(),
+                () = t.cancelled() => {}
+            }
         });
     }
     node.wait().await
-}
-
-/// Applies a document through the snapshot store and activates it. Shared by the API's
-/// apply, rollback and profile update.
-pub async fn apply_document(
-    state: &Arc<NodeState>,
-    expected: Option<kos_config::SnapshotId>,
-    change: Change,
-    actor: &str,
-) -> std::result::Result<kos_config::ApplyOutcome, kos_config::StoreError> {
-    let _guard = state.change_lock.lock().await;
-    let store = state.snapshots.clone();
-    let opts = state.load_opts.clone();
-    let actor_s = actor.to_string();
-    let result = tokio::task::spawn_blocking(move || match change {
-        Change::Apply(doc) => store.apply(&opts, expected.as_ref(), &doc, &actor_s),
-        Change::Rollback(id) => store.rollback(&opts, &id, expected.as_ref(), &actor_s),
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(kos_config::StoreError::Io {
-            context: "apply task".into(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    });
-    let outcome_label = match &result {
-        Ok(o) if o.unchanged => "unchanged",
-        Ok(_) => "applied",
-        Err(kos_config::StoreError::Invalid(_)) => "invalid",
-        Err(kos_config::StoreError::Conflict { .. }) => "conflict",
-        Err(_) => "error",
-    };
-    Metrics::outcome(&state.metrics.config_applies, outcome_label);
-    if let Ok(o) = &result
-        && !o.unchanged
-    {
-        let kind = if o.entry.action == Action::Rollback {
-            "config_rolled_back"
-        } else {
-            "config_applied"
-        };
-        state
-            .record(
-                kind,
-                actor,
-                Some(o.loaded.snapshot_id.as_str()),
-                serde_json::json!({
-                    "previous": o.previous,
-                    "live": o.live,
-                    "restart_required": o.restart_required,
-                    "changes": o.changes.len(),
-                }),
-            )
-            .await;
-        state.activate(o.loaded.clone());
-    }
-    result
-}
-
-/// A config change requested through the API.
-#[derive(Debug)]
-pub enum Change {
-    Apply(String),
-    Rollback(kos_config::SnapshotId),
 }
 
 /// Installs the process-wide rustls crypto provider (aws-lc-rs). Both aws-lc-rs and ring are

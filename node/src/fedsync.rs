@@ -42,8 +42,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::daemon::NodeState;
 use crate::metrics::Metrics;
+use crate::runtime::{ConfigRuntime, EventRecorder, Tasks};
 use crate::store::{Db, OpStore};
 
 /// The node's federation admin key (from `kos admin keygen`), if it holds one.
@@ -725,7 +725,7 @@ struct Refused {
 struct Actor {
     core: FedCore,
     parts: FedParts,
-    node: Arc<NodeState>,
+    node: NodeServices,
     klp: Klp,
     metrics: Arc<Metrics>,
     handshake_required: bool,
@@ -762,23 +762,45 @@ fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
+/// The node services the sync actor uses.
+#[derive(Clone, Debug)]
+pub struct NodeServices {
+    pub config: ConfigRuntime,
+    pub events: EventRecorder,
+    pub tasks: Tasks,
+    pub db: Db,
+    pub metrics: Arc<Metrics>,
+}
+
+impl NodeServices {
+    async fn record(
+        &self,
+        kind: &str,
+        actor: &str,
+        snapshot_id: Option<&str>,
+        detail: serde_json::Value,
+    ) {
+        self.events.record(kind, actor, snapshot_id, detail).await;
+    }
+}
+
 /// Starts the sync actor. `events` must be subscribed right after KLP started, so no
 /// admission is missed.
 pub fn spawn(
     core: FedCore,
     mut parts: FedParts,
-    node: Arc<NodeState>,
+    node: NodeServices,
     klp: Klp,
     events: broadcast::Receiver<KlpEvent>,
-    token: CancellationToken,
 ) {
-    let cfg = node.boot.config.federation.klp.clone();
+    let cfg = node.config.boot().config.federation.klp.clone();
     let inbound = klp.take_inbound_sync();
     let (results_tx, results_rx) = mpsc::channel(64);
     let (persist_tx, mut persist_rx) = mpsc::channel::<(String, u64, Vec<u8>)>(PERSIST_QUEUE);
     let db = node.db.clone();
     let flushed = parts.flushed.take();
-    tokio::spawn(async move {
+    // Joined at shutdown: the database closes after what is queued is stored.
+    node.tasks.spawn("fed-persist", async move {
         // Ends when the actor stops (drops its sender), after storing what is queued.
         while let Some((hash, lamport, bytes)) = persist_rx.recv().await {
             if let Err(e) = db.insert_op(&hash, lamport, &bytes).await {
@@ -817,7 +839,9 @@ pub fn spawn(
         own: BTreeMap::new(),
         statuses: HashMap::new(),
     };
-    tokio::spawn(async move {
+    let tasks = actor.node.tasks.clone();
+    let token = tasks.token().clone();
+    tasks.spawn_service("fed-sync", async move {
         actor.run(events, inbound, results_rx, token).await;
     });
 }
@@ -1256,7 +1280,7 @@ impl Actor {
         }
         let klp = self.klp.clone();
         let back = self.sync_results.clone();
-        tokio::spawn(async move {
+        self.node.tasks.spawn("fed-sync-request", async move {
             let res = match klp.sync(&peer, body).await {
                 Ok(bytes) => SyncResponse::decode(&bytes),
                 Err(e) => Err(e.to_string()),
@@ -1662,16 +1686,13 @@ impl Actor {
                 "the snapshot id is not the SHA-256 of its content".into(),
             ]);
         }
-        let rel = kos_config::federation::scope_file(scope);
         let source = format!("federation snapshot {scope}@{}", &p.snapshot_id[..12]);
         let tree = kos_config::federation::check_content(scope, &p.content, &source)
             .map_err(|d| d.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-        let node = self.node.clone();
         let content = format!(
             "# Federation snapshot {}, scope `{scope}`, from op {}.\n# Written by kos; replaced by the next snapshot. Local files override it.\n{}",
             p.snapshot_id, p.op, p.content
         );
-        let scope_s = scope.to_string();
         // The admin who authored (first signed) the op.
         let actor = match self.core.log.as_ref().and_then(|l| l.get(&p.op)) {
             Some(op) => format!("federation:{}", op.author()),
@@ -1682,65 +1703,10 @@ impl Actor {
             snapshot_id: p.snapshot_id.clone(),
             op: p.op.to_string(),
         };
-        let _guard = node.change_lock.lock().await;
-        let n2 = node.clone();
-        let committed = tokio::task::spawn_blocking(move || {
-            // Validate before writing anything.
-            let candidate = n2
-                .dir
-                .load_with_federation(&n2.load_opts, &scope_s, tree)
-                .map_err(kos_config::StoreError::Invalid)?;
-            // Recorded in the config history like an apply: the scope file is the commit point.
-            n2.snapshots.apply_federation(&candidate, fed_source, &actor, || {
-                let path = n2.dir.path(&rel);
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(|source| {
-                        kos_config::StoreError::Io {
-                            context: rel.clone(),
-                            source,
-                        }
-                    })?;
-                }
-                let previous = std::fs::read(&path).ok();
-                kos_config::snapshot::atomic_write(&path, content.as_bytes(), None, &mut |_| {})
-                    .map_err(|source| kos_config::StoreError::Io {
-                        context: format!("{rel}: cannot write"),
-                        source,
-                    })?;
-                // Reload from disk, so what runs is exactly what a restart would load. If
-                // that fails (another file changed meanwhile), put the previous snapshot back.
-                n2.dir.load(&n2.load_opts).map_err(|d| {
-                    let restored = match &previous {
-                        Some(old) => {
-                            kos_config::snapshot::atomic_write(&path, old, None, &mut |_| {})
-                        }
-                        None => std::fs::remove_file(&path),
-                    };
-                    if let Err(e) = restored {
-                        warn!(file = %rel, error = %e, "cannot restore the previous federation snapshot");
-                    }
-                    kos_config::StoreError::Invalid(d)
-                })
-            })
-        })
-        .await
-        .map_err(|e| vec![format!("apply task failed: {e}")])?
-        .map_err(|e| match e {
-            kos_config::StoreError::Invalid(d) => d.errors().map(|e| e.to_string()).collect(),
-            e => vec![e.to_string()],
-        })?;
-        match &committed.entry {
-            Ok(Some(e)) => {
-                info!(seq = e.seq, snapshot = %e.id.short(), scope, "federation snapshot recorded in the config history");
-            }
-            Ok(None) => {}
-            Err(e) => {
-                warn!(error = %e, scope, "federation snapshot applied but not recorded in the config history; the next start records it");
-            }
-        }
-        let loaded = committed.loaded;
-        node.activate(loaded);
-        Ok(())
+        self.node
+            .config
+            .apply_federation_snapshot(scope, tree, content, fed_source, &actor)
+            .await
     }
 
     fn publish_view(&self, state: Option<&State>) {

@@ -1,7 +1,10 @@
 //! The kOS node: daemon, HTTP API (kConfigD) and the `kos` command line.
 //!
-//! - [`daemon`]: start-up order, shared [`daemon::NodeState`], hot reload, graceful shutdown.
+//! - [`daemon`]: the composition root: start-up order, wiring, signals, graceful shutdown.
+//! - [`runtime`]: the shared services (configuration, event recorder, tasks) the daemon hands
+//!   to the API and the sync actor.
 //! - [`api`]: the axum HTTP API (this is the only crate that uses axum).
+//! - [`federation`], [`fedsync`]: KLP's settings and events; the federation sync actor.
 //! - [`store`]: the database (SQLite, PostgreSQL) behind repository traits.
 //! - [`vector`]: the vector store (embedded exact search, or a Qdrant server).
 //! - [`identity`]: the node's ed25519 key.
@@ -35,6 +38,8 @@ pub mod fedsync;
 pub mod identity;
 pub mod metrics;
 pub mod node_client;
+pub mod runfile;
+pub mod runtime;
 pub mod store;
 pub mod telemetry;
 pub mod testnet;

@@ -2,10 +2,11 @@
 //! `kos config publish`, `kos testnet`, `kos health`): reqwest over rustls, so it speaks
 //! HTTP and HTTPS, with a timeout on every call, no redirects, and a bounded answer.
 //!
-//! The node is found from its configuration: `api.listen` (an unspecified address such as
-//! `0.0.0.0:7420` or `[::]:7420` is reached on the loopback address of the same family; a
-//! specific address is reached as written), and `api.tls` (HTTPS, trusting the node's own
-//! certificate file from its config directory besides the system's roots).
+//! The node is found from its run file (`run/node.json`, the address it actually bound,
+//! see [`crate::runfile`]) or else its configuration's `api.listen` (an unspecified address
+//! such as `0.0.0.0:7420` or `[::]:7420` is reached on the loopback address of the same
+//! family; a specific address is reached as written), and `api.tls` (HTTPS, trusting the
+//! node's own certificate file from its config directory besides the system's roots).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -38,15 +39,16 @@ impl Endpoint {
     /// The API of the node whose configuration directory is `dir`.
     pub fn of_config(dir: &Path, config: &kos_config::Config) -> Result<Self> {
         let api = &config.api;
+        let listen = crate::runfile::read(dir).map_or(api.listen, |r| r.api);
         match &api.tls {
-            None => Self::http(api.listen),
+            None => Self::http(listen),
             Some(tls) => {
                 let path = dir.join(&tls.cert);
                 let pem = std::fs::read(&path).with_context(|| {
                     format!("reading the node's certificate {}", path.display())
                 })?;
                 Ok(Self {
-                    base: base_url("https", api.listen)?,
+                    base: base_url("https", listen)?,
                     cert_pem: Some(pem),
                 })
             }

@@ -77,7 +77,7 @@ fn signal(pid: u32, sig: &str) -> bool {
 /// A viewer token for a node (minted with its token key), valid for `ttl`.
 fn viewer_token(x: &TestnetNode, ttl: Duration) -> Option<String> {
     let opts = kos_config::LoadOptions {
-        capabilities: crate::daemon::capabilities(),
+        capabilities: crate::runtime::capabilities(),
         ..Default::default()
     };
     let config = kos_config::ConfigDir::new(&x.dir).load(&opts).ok()?.config;

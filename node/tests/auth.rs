@@ -290,7 +290,7 @@ impl Node {
 
     /// A local token for `role`, signed the way the configuration says.
     fn token(&self, role: Role) -> String {
-        let config = self.node.state.config().config.clone();
+        let config = self.node.state.config.current().config.clone();
         mint_named(
             self.dir.path(),
             &config,
@@ -886,7 +886,10 @@ async fn oidc_default_role_null_refuses_unmapped_tokens() {
     let section =
         oidc_section(&issuer, "RS256", "30s").replace("default_role: viewer", "default_role: null");
     let n = Node::start(Some(&section), &[]).await;
-    assert_eq!(n.node.state.config().config.auth.oidc.default_role, None);
+    assert_eq!(
+        n.node.state.config.current().config.auth.oidc.default_role,
+        None
+    );
     let status = "/api/config/status";
     let mapped = sign(
         Algorithm::RS256,
@@ -1283,7 +1286,7 @@ fn routes() -> Vec<RouteCase> {
 async fn rbac_matrix_of_every_route() {
     let n = Node::start(Some("auth:\n  jwt: enabled\n"), &[]).await;
     let tokens: Vec<(Role, String)> = ROLES.iter().map(|r| (*r, n.token(*r))).collect();
-    let snapshot_before = n.node.state.config().snapshot_id.clone();
+    let snapshot_before = n.node.state.config.current().snapshot_id.clone();
     for rc in routes() {
         let what = format!("{} {}", rc.method, rc.path);
         // No token.
@@ -1357,7 +1360,7 @@ async fn rbac_matrix_of_every_route() {
         }
     }
     // Nothing was changed by the matrix.
-    assert_eq!(n.node.state.config().snapshot_id, snapshot_before);
+    assert_eq!(n.node.state.config.current().snapshot_id, snapshot_before);
 
     // The challenge's metadata URL is served without a token (RFC 9728).
     let r = n.http.get(n.metadata_url()).send().await.unwrap();
@@ -1540,7 +1543,7 @@ async fn tls_self_signed_from_kos_init() {
 
     // The node serves HTTPS with it.
     let node = start(NodeOptions::local(home.clone())).await.unwrap();
-    assert!(node.state.boot.config.api.tls.is_some());
+    assert!(node.state.config.boot().config.api.tls.is_some());
     let port = node.addr.port();
     let https = Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&cert).unwrap())

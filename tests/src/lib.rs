@@ -395,7 +395,7 @@ pub mod fed {
         node: &kos_node::daemon::RunningNode,
         dir: &Path,
     ) -> Result<reqwest::Client> {
-        let config = node.state.config().config.clone();
+        let config = node.state.config.current().config.clone();
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = kos_node::auth::local::mint_for_dir(
             dir,

@@ -364,7 +364,7 @@ async fn restart_sections_are_reported_and_live_ones_take_effect() {
         .await
         .unwrap();
     assert_eq!(v["applied_live"], json!(["logging"]));
-    assert_eq!(t.node.state.config().config.logging.level.0, "warn");
+    assert_eq!(t.node.state.config.current().config.logging.level.0, "warn");
     t.node.stop().await.unwrap();
 }
 
@@ -645,14 +645,14 @@ async fn reload_from_disk_keeps_last_good_config() {
         "profile: standalone\nlogging:\n  level: shouting\n",
     )
     .unwrap();
-    assert!(!t.node.state.reload_from_disk().await.unwrap());
+    assert!(!t.node.state.config.reload_from_disk().await.unwrap());
     assert_eq!(
         t.current().await.0,
         id0,
         "an invalid file on disk is not activated"
     );
     std::fs::write(t.profile_path(), with_level(&doc0, "debug")).unwrap();
-    assert!(t.node.state.reload_from_disk().await.unwrap());
+    assert!(t.node.state.config.reload_from_disk().await.unwrap());
     assert_ne!(t.current().await.0, id0);
     let h = t.get_json("/api/config/history").await;
     assert_eq!(h["entries"][0]["action"], "external");
@@ -880,4 +880,45 @@ async fn connections_are_bounded_per_source_address() {
         },
     )
     .await;
+}
+
+/// Issue 11: a long-lived node task that dies (here a service injected into the node's own
+/// tracker, which panics) is logged and turns `/readyz` to 503, naming the task but not the
+/// panic text; `/healthz` still answers. At shutdown every task is joined.
+#[tokio::test]
+async fn a_failed_node_task_turns_readyz_to_503() {
+    let t = TestNode::start().await;
+    assert_eq!(t.get_json("/readyz").await["status"], "ready");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    t.node.tasks().spawn_service("injected", async move {
+        let _ = rx.await;
+        panic!("injected failure with a secret");
+    });
+    // Still ready while the service runs.
+    assert_eq!(t.get_json("/readyz").await["status"], "ready");
+    tx.send(()).unwrap();
+    let tasks = t.node.tasks().clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tasks.failed_tasks().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failure was not recorded"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let r = t
+        .http
+        .get(format!("{}/readyz", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["failed_tasks"], serde_json::json!(["injected"]));
+    assert!(!body.contains("secret"), "{body}");
+    assert_eq!(t.get_json("/healthz").await["status"], "ok");
+    t.node.stop().await.unwrap();
+    assert!(tasks.is_empty(), "{} tasks still running", tasks.len());
 }

@@ -81,9 +81,9 @@ fn event_ids(v: &Value) -> Vec<i64> {
 #[tokio::test]
 async fn memory_bus_publishes_recorded_node_events() {
     let (node, _dir) = node(&[("KOS_STORAGE__CACHE", "memory")]).await;
-    assert_eq!(node.state.bus.kind(), "memory");
+    assert_eq!(node.state.events.bus().kind(), "memory");
     assert_eq!(node.state.cache.kind(), "memory");
-    let mut sub = node.state.bus.subscribe();
+    let mut sub = node.state.events.bus().subscribe();
     let (http, base) = (Client::new(), format!("http://{}", node.addr));
     let (_, before) = events(&http, &base).await;
     create_profile(&http, &base, "lab").await;
@@ -117,11 +117,11 @@ async fn redis_restart_loses_nothing_that_matters() {
     .await;
     let state = node.state.clone();
     let node_id = state.identity.id().to_string();
-    assert_eq!(state.bus.kind(), "redis");
+    assert_eq!(state.events.bus().kind(), "redis");
     assert_eq!(state.cache.kind(), "redis");
     let (http, base) = (Client::new(), format!("http://{}", node.addr));
     wait_for("the bus to subscribe", Duration::from_secs(10), || {
-        state.bus.connected()
+        state.events.bus().connected()
     })
     .await;
 
@@ -133,7 +133,7 @@ async fn redis_restart_loses_nothing_that_matters() {
         outside.connected()
     })
     .await;
-    let mut sub = state.bus.subscribe();
+    let mut sub = state.events.bus().subscribe();
     let mut outside_sub = outside.subscribe();
 
     create_profile(&http, &base, "one").await;
@@ -148,7 +148,7 @@ async fn redis_restart_loses_nothing_that_matters() {
     assert_eq!(event_ids(&v)[0], e1.id);
     // The page is in the Redis cache under the node's namespace.
     let cache = RedisCache::new(&redis.url_with_password(), &node_id).unwrap();
-    let key = format!("events:{:x}:50:", state.events_generation());
+    let key = format!("events:{:x}:50:", state.events.generation());
     assert_eq!(
         cache.get(&key).await.unwrap().as_deref(),
         Some(text.as_bytes())
@@ -162,7 +162,7 @@ async fn redis_restart_loses_nothing_that_matters() {
     .await
     .unwrap();
     wait_for("the bus to notice", Duration::from_secs(20), || {
-        !state.bus.connected()
+        !state.events.bus().connected()
     })
     .await;
     ready(&http, &base).await;
@@ -180,13 +180,16 @@ async fn redis_restart_loses_nothing_that_matters() {
         .unwrap()
         .unwrap();
     wait_for("the bus to resubscribe", Duration::from_secs(30), || {
-        state.bus.connected()
+        state.events.bus().connected()
     })
     .await;
     ready(&http, &base).await;
     let mut delivered = None;
     for i in 0..40 {
-        state.record("probe", "test", None, json!({"i": i})).await;
+        state
+            .events
+            .record("probe", "test", None, json!({"i": i}))
+            .await;
         if let Some(e) = next_of_kind(&mut sub, "probe", Duration::from_millis(500)).await {
             delivered = Some(e);
             break;
@@ -203,7 +206,7 @@ async fn redis_restart_loses_nothing_that_matters() {
     let t0 = Instant::now();
     loop {
         let (text, _) = events(&http, &base).await;
-        let key = format!("events:{:x}:50:", state.events_generation());
+        let key = format!("events:{:x}:50:", state.events.generation());
         if cache.get(&key).await.ok().flatten().as_deref() == Some(text.as_bytes()) {
             break;
         }

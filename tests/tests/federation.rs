@@ -352,7 +352,7 @@ async fn peers_call_each_other_with_the_role_the_callee_grants() {
     // Calling out acts with the node's identity: admin only.
     let viewer = kos_node::auth::local::mint_for_dir(
         a.dir.path(),
-        &a.node.state.config().config,
+        &a.node.state.config.current().config,
         &a.id,
         kos_node::auth::Role::Operator,
         Duration::from_secs(60),

@@ -79,7 +79,7 @@ fn base_url(headers: &HeaderMap, tls: bool) -> String {
 fn challenge(state: &AppState, headers: &HeaderMap, error: Option<(&str, &str)>) -> HeaderValue {
     let meta = format!(
         "{}{METADATA_PATH}",
-        base_url(headers, state.boot.config.api.tls.is_some())
+        base_url(headers, state.config.boot().config.api.tls.is_some())
     );
     let v = match error {
         None => format!("Bearer realm=\"kos\", resource_metadata=\"{meta}\""),
@@ -164,7 +164,11 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
             )
             .into_response();
         }
-        let needed = required_role(req.method(), &route, state.boot.config.api.metrics_auth);
+        let needed = required_role(
+            req.method(),
+            &route,
+            state.config.boot().config.api.metrics_auth,
+        );
         if let Some(needed) = needed
             && p.role < needed
         {
@@ -182,8 +186,11 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
         req.extensions_mut().insert(p);
         return next.run(req).await;
     }
-    let Some(needed) = required_role(req.method(), &route, state.boot.config.api.metrics_auth)
-    else {
+    let Some(needed) = required_role(
+        req.method(),
+        &route,
+        state.config.boot().config.api.metrics_auth,
+    ) else {
         return next.run(req).await;
     };
     if !state.auth.enabled() {
@@ -244,7 +251,7 @@ fn auth_reason(e: AuthError) -> &'static str {
 
 /// `GET /.well-known/oauth-protected-resource` (RFC 9728).
 pub async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let resource = base_url(&headers, state.boot.config.api.tls.is_some());
+    let resource = base_url(&headers, state.config.boot().config.api.tls.is_some());
     let servers: Vec<&str> = state
         .auth
         .oidc()

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::problem::Problem;
 use super::{AppState, JsonBody, QueryParams, TextBody, blocking};
-use crate::daemon::{Change, apply_document};
+use crate::runtime::Change;
 
 fn etag(id: &SnapshotId) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{id}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
@@ -25,7 +25,7 @@ fn effective(l: &kos_config::Loaded) -> Value {
 
 /// `GET /api/config/profile`: the active profile.
 pub async fn profile(State(state): State<AppState>) -> Response {
-    let l = state.config();
+    let l = state.config.current();
     let mut resp = super::json(
         StatusCode::OK,
         json!({
@@ -47,9 +47,9 @@ pub async fn validate(
     State(state): State<AppState>,
     TextBody(doc): TextBody,
 ) -> Result<Response, Problem> {
-    let cur = state.config();
-    let dir = state.dir.clone();
-    let opts = state.load_opts.clone();
+    let cur = state.config.current();
+    let dir = state.config.dir().clone();
+    let opts = state.config.load_opts().clone();
     let id = cur.profile_id.clone();
     let result = blocking(move || dir.load_candidate(&opts, &id, &doc, "request body")).await?;
     match result {
@@ -84,12 +84,15 @@ pub struct DiffQuery {
 async fn resolve_side(state: &AppState, what: &str) -> Result<(String, Value), Problem> {
     match what {
         "current" => {
-            let l = state.config();
+            let l = state.config.current();
             Ok((l.snapshot_id.to_string(), effective(&l)))
         }
-        "running" => Ok((state.boot.snapshot_id.to_string(), effective(&state.boot))),
+        "running" => Ok((
+            state.config.boot().snapshot_id.to_string(),
+            effective(state.config.boot()),
+        )),
         other => {
-            let store = state.snapshots.clone();
+            let store = state.config.snapshots().clone();
             let o = other.to_string();
             let rec =
                 blocking(move || store.resolve(&o).and_then(|id| store.snapshot(&id))).await??;
@@ -126,12 +129,12 @@ pub async fn diff(
     };
     let (from_id, from) = resolve_side(&state, &from_label).await?;
     // Where each value of the `to` side comes from, when it is loaded from this directory.
-    let mut to_tree = (to_label == "current").then(|| state.config());
+    let mut to_tree = (to_label == "current").then(|| state.config.current());
     let (to_id, to) = match &q.profile {
         Some(p) => {
             kos_config::load::check_profile_id(p).map_err(Problem::bad_request)?;
-            let dir = state.dir.clone();
-            let mut opts = state.load_opts.clone();
+            let dir = state.config.dir().clone();
+            let mut opts = state.config.load_opts().clone();
             opts.profile = Some(p.clone());
             let pid = p.clone();
             let loaded = blocking(move || {
@@ -193,7 +196,7 @@ pub async fn sources(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<SourcesQuery>,
 ) -> Result<Response, Problem> {
-    let l = state.config();
+    let l = state.config.current();
     let node = l.tree.at_path(&q.path).ok_or_else(|| {
         Problem::not_found(format!(
             "`{}` is not set in the current configuration",
@@ -267,7 +270,10 @@ pub async fn apply(
 ) -> Result<Response, Problem> {
     let expected = if_match(&headers, true)?;
     let actor = super::authz::actor(caller.as_ref().map(|c| &c.0));
-    let o = apply_document(&state, expected, Change::Apply(doc), &actor).await?;
+    let o = state
+        .config
+        .apply(expected, Change::Apply(doc), &actor)
+        .await?;
     Ok(outcome_response(o))
 }
 
@@ -285,17 +291,20 @@ pub async fn rollback(
     JsonBody(body): JsonBody<RollbackBody>,
 ) -> Result<Response, Problem> {
     let expected = if_match(&headers, false)?;
-    let store = state.snapshots.clone();
+    let store = state.config.snapshots().clone();
     let target = blocking(move || store.resolve(&body.snapshot_id)).await??;
     let actor = super::authz::actor(caller.as_ref().map(|c| &c.0));
-    let o = apply_document(&state, expected, Change::Rollback(target), &actor).await?;
+    let o = state
+        .config
+        .apply(expected, Change::Rollback(target), &actor)
+        .await?;
     Ok(outcome_response(o))
 }
 
 /// `GET /api/config/status`.
 pub async fn status(State(state): State<AppState>) -> Result<Response, Problem> {
-    let l = state.config();
-    let store = state.snapshots.clone();
+    let l = state.config.current();
+    let store = state.config.snapshots().clone();
     let head = blocking(move || store.head()).await??;
     let federation = match &state.fed {
         Some(f) => json!(f.status().await.map_err(|e| Problem::internal(&e))?),
@@ -308,8 +317,8 @@ pub async fn status(State(state): State<AppState>) -> Result<Response, Problem> 
             "profile_id": l.profile_id,
             "profile": l.config.profile,
             "snapshot_id": l.snapshot_id,
-            "running_snapshot_id": state.boot.snapshot_id,
-            "pending_restart": state.pending_restart(),
+            "running_snapshot_id": state.config.boot().snapshot_id,
+            "pending_restart": state.config.pending_restart(),
             "last_change": head,
             "database": state.db.backend(),
             "api": state.listen.to_string(),
@@ -329,7 +338,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
             json!({"status": "failing", "detail": "the database does not answer"})
         }
     };
-    let store = state.snapshots.clone();
+    let store = state.config.snapshots().clone();
     let history = match blocking(move || store.history().map(|h| h.len())).await {
         Ok(Ok(n)) => json!({"status": "ok", "entries": n}),
         Ok(Err(e)) => {
@@ -348,7 +357,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         status,
         json!({
             "status": if ok { "ok" } else { "failing" },
-            "checks": {"database": db, "history": history, "config": {"status": "ok", "snapshot_id": state.config().snapshot_id}},
+            "checks": {"database": db, "history": history, "config": {"status": "ok", "snapshot_id": state.config.current().snapshot_id}},
         }),
     )
 }
@@ -365,7 +374,7 @@ pub async fn history(
     QueryParams(q): QueryParams<HistoryQuery>,
 ) -> Result<Response, Problem> {
     let limit = q.limit.unwrap_or(50).min(1000);
-    let store = state.snapshots.clone();
+    let store = state.config.snapshots().clone();
     let mut entries = blocking(move || store.history())
         .await?
         .map_err(|e: StoreError| Problem::from(e))?;

@@ -241,7 +241,11 @@ async fn publish_content(
     let tree = kos_config::federation::check_content(&scope, &content, "snapshot")
         .map_err(|d| Problem::invalid_config(&d))?;
     if !force {
-        let (dir, opts, s) = (state.dir.clone(), state.load_opts.clone(), scope.clone());
+        let (dir, opts, s) = (
+            state.config.dir().clone(),
+            state.config.load_opts().clone(),
+            scope.clone(),
+        );
         tokio::task::spawn_blocking(move || dir.load_with_federation(&opts, &s, tree))
             .await
             .map_err(|e| Problem::internal(&e))?

@@ -44,6 +44,8 @@ mod ops;
 mod peers;
 pub mod problem;
 mod profiles;
+pub mod remote;
+mod state;
 mod vectors;
 
 use std::sync::Arc;
@@ -62,11 +64,11 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::daemon::NodeState;
 use crate::metrics::HttpLabels;
 use problem::Problem;
+pub use state::ApiState;
 
-pub type AppState = Arc<NodeState>;
+pub type AppState = Arc<ApiState>;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -80,7 +82,7 @@ pub const MAX_BODIES_IN_FLIGHT: usize = 16;
 const BODY_PERMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub fn router(state: AppState) -> Router {
-    let boot = &state.boot.config.api;
+    let boot = &state.config.boot().config.api;
     let timeout = boot.request_timeout.get();
     let max_body = boot.max_body_bytes as usize;
     let bodies = Arc::new(Semaphore::new(MAX_BODIES_IN_FLIGHT));
@@ -308,6 +310,6 @@ pub fn json(status: StatusCode, v: serde_json::Value) -> Response {
     (status, axum::Json(v)).into_response()
 }
 
-pub(crate) fn uptime(state: &NodeState) -> Duration {
+pub(crate) fn uptime(state: &ApiState) -> Duration {
     state.started.elapsed()
 }

@@ -15,8 +15,16 @@ pub async fn healthz() -> Response {
     super::json(StatusCode::OK, json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 when started, not draining, and the database answers.
+/// `GET /readyz`: 200 when started, not draining, every node task running, and the database
+/// answers.
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    let failed = state.tasks.failed_tasks();
+    if !failed.is_empty() {
+        return super::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "not_ready", "reason": "a node task failed", "failed_tasks": failed}),
+        );
+    }
     if !state.is_ready() {
         return super::json(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -59,10 +67,10 @@ pub async fn events(
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     // Cached under the current event generation: a recorded event changes the key, so a
     // cached page is never older than the last event (the TTL bounds writes that bypass
-    // `NodeState::record`).
+    // `EventRecorder::record`).
     let key = format!(
         "events:{:x}:{limit}:{}",
-        state.events_generation(),
+        state.events.generation(),
         q.before.map_or_else(String::new, |b| b.to_string())
     );
     if let Some(body) = state.cache.get(&key).await {

@@ -19,9 +19,9 @@ use super::{AppState, JsonBody, TextBody, blocking};
 
 /// `GET /api/profiles`.
 pub async fn list(State(state): State<AppState>) -> Result<Response, Problem> {
-    let dir = state.dir.clone();
-    let opts = state.load_opts.clone();
-    let active = state.config().profile_id.clone();
+    let dir = state.config.dir().clone();
+    let opts = state.config.load_opts().clone();
+    let active = state.config.current().profile_id.clone();
     let items = blocking(move || -> Result<Vec<serde_json::Value>, std::io::Error> {
         let mut out = Vec::new();
         for id in dir.list_profiles()? {
@@ -50,12 +50,12 @@ pub async fn read(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     checked_id(&id)?;
-    let path = state.dir.profile_path(&id);
+    let path = state.config.dir().profile_path(&id);
     let doc = blocking(move || std::fs::read_to_string(path)).await?;
     match doc {
         Ok(document) => Ok(super::json(
             StatusCode::OK,
-            json!({"id": id, "active": id == state.config().profile_id, "document": document}),
+            json!({"id": id, "active": id == state.config.current().profile_id, "document": document}),
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(Problem::not_found(format!("no profile `{id}`")))
@@ -78,9 +78,9 @@ async fn write_profile(
     doc: String,
     create: bool,
 ) -> Result<kos_config::Loaded, Problem> {
-    let dir = state.dir.clone();
-    let opts = state.load_opts.clone();
-    let _guard = state.change_lock.lock().await;
+    let dir = state.config.dir().clone();
+    let opts = state.config.load_opts().clone();
+    let _guard = state.config.lock().await;
     blocking(move || {
         let path = dir.profile_path(&id);
         match (create, path.exists()) {
@@ -115,6 +115,7 @@ pub async fn create(
     let id = body.id.clone();
     let loaded = write_profile(&state, body.id, body.document, true).await?;
     state
+        .events
         .record_api(
             "profile_created",
             json!({"id": id, "snapshot_id": loaded.snapshot_id}),
@@ -141,11 +142,12 @@ pub async fn update(
     body: TextBody,
 ) -> Result<Response, Problem> {
     checked_id(&id)?;
-    if id == state.config().profile_id {
+    if id == state.config.current().profile_id {
         return super::config::apply(State(state), caller, headers, body).await;
     }
     let loaded = write_profile(&state, id.clone(), body.0, false).await?;
     state
+        .events
         .record_api(
             "profile_updated",
             json!({"id": id, "snapshot_id": loaded.snapshot_id}),
@@ -163,17 +165,20 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     checked_id(&id)?;
-    if id == state.config().profile_id {
+    if id == state.config.current().profile_id {
         return Err(Problem::conflict(format!(
             "`{id}` is the active profile; switch KOS_PROFILE before deleting it"
         )));
     }
-    let path = state.dir.profile_path(&id);
-    let _guard = state.change_lock.lock().await;
+    let path = state.config.dir().profile_path(&id);
+    let _guard = state.config.lock().await;
     let r = blocking(move || std::fs::remove_file(path)).await?;
     match r {
         Ok(()) => {
-            state.record_api("profile_deleted", json!({"id": id})).await;
+            state
+                .events
+                .record_api("profile_deleted", json!({"id": id}))
+                .await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -66,6 +66,7 @@ pub async fn create(
     let s = store(&state)?;
     s.create_collection(&spec).await?;
     state
+        .events
         .record_api(
             "vector_collection_created",
             json!({"name": spec.name, "dimension": spec.dimension, "distance": spec.distance}),
@@ -93,6 +94,7 @@ pub async fn delete(
         return Err(VectorError::NoSuchCollection(name).into());
     }
     state
+        .events
         .record_api("vector_collection_deleted", json!({"name": name}))
         .await;
     Ok(StatusCode::NO_CONTENT.into_response())

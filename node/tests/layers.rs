@@ -1,0 +1,124 @@
+//! The module layers of `kos-node` (docs/ARCHITECTURE.md, "Invariants"): a module uses only
+//! modules of a lower layer, so dependencies point one way and nothing imports the
+//! composition root (`daemon`) but the command line. Checked on the sources, like the grep
+//! the architecture document gives.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Layer of each top-level module of `node/src`. Foundations (0) may use each other; above
+/// them a module uses only lower layers (and itself).
+fn layer(module: &str) -> Option<u8> {
+    Some(match module {
+        "auth" | "backoff" | "bus" | "cache" | "identity" | "metrics" | "node_client"
+        | "runfile" | "store" | "telemetry" | "vector" => 0,
+        "runtime" => 1,
+        "fedsync" => 2,
+        "api" | "federation" => 3,
+        "daemon" => 4,
+        "testnet" => 5,
+        "testnet_docker" => 6,
+        "cli" => 7,
+        _ => return None,
+    })
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The top-level modules a source text names as `crate::x` (comments removed).
+fn uses(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        let mut rest = code;
+        while let Some(i) = rest.find("crate::") {
+            rest = &rest[i + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                let end = group.find('}').unwrap_or(group.len());
+                for item in group[..end].split(',') {
+                    let name: String = item
+                        .trim()
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    if !name.is_empty() {
+                        found.insert(name);
+                    }
+                }
+            } else {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                found.insert(name);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn modules_depend_one_way() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut violations = Vec::new();
+    let mut checked = 0;
+    for f in &files {
+        let rel = f.strip_prefix(&src).unwrap();
+        let top = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
+        let module = top.trim_end_matches(".rs");
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let Some(own) = layer(module) else {
+            violations.push(format!(
+                "{}: module `{module}` has no layer in node/tests/layers.rs",
+                rel.display()
+            ));
+            continue;
+        };
+        checked += 1;
+        for used in uses(&std::fs::read_to_string(f).unwrap()) {
+            if used == module {
+                continue;
+            }
+            match layer(&used) {
+                Some(l) if l < own || (l == 0 && own == 0) => {}
+                Some(l) => violations.push(format!(
+                    "{}: `{module}` (layer {own}) uses `crate::{used}` (layer {l})",
+                    rel.display()
+                )),
+                None => violations.push(format!(
+                    "{}: uses `crate::{used}`, which has no layer",
+                    rel.display()
+                )),
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} files checked");
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+#[test]
+fn the_checker_sees_grouped_and_plain_uses_but_not_comments() {
+    let text = "use crate::{api::X, store};\nlet x = crate::daemon::f();\n// crate::cli\n";
+    let got: Vec<String> = uses(text).into_iter().collect();
+    assert_eq!(got, ["api", "daemon", "store"]);
+}
