@@ -62,46 +62,56 @@ impl Klp {
             None
         };
         // Nothing fails from here on.
-        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (ev_tx, _) = broadcast::channel(EVENT_QUEUE);
-        let (calls_tx, calls_rx) = mpsc::channel(INBOUND_CALL_QUEUE);
-        let (call_replies_tx, call_replies_rx) = mpsc::channel(INBOUND_CALL_QUEUE);
-        let (sync_tx, sync_rx) = mpsc::channel(INBOUND_CALL_QUEUE);
-        let lp = EventLoop {
-            calls_tx,
-            sync_tx,
-            call_replies_tx,
-            call_replies_rx,
-            pending_calls: HashMap::new(),
-            next_call: 0,
-            calls_out: HashMap::new(),
-            swarm,
-            signing: ed25519_dalek::SigningKey::from_bytes(&cfg.secret_key),
-            local_id,
-            admission: Admission::new(cfg.handshake_timeout, cfg.handshake_required),
-            redial: Redial::default(),
-            replay: ReplayGuard::new(cfg.clock_skew.as_millis() as u64, 10_000),
-            cfg,
-            topic,
-            listen_addrs,
-            peers: HashMap::new(),
-            hellos: HashMap::new(),
-            events: ev_tx.clone(),
-            commands: cmd_rx,
-            discovery,
-        };
-        let task = tokio::spawn(lp.begin().run());
-        Ok((
-            Klp {
-                commands: cmd_tx,
-                events: ev_tx,
-                local_id,
-                inbound_calls: std::sync::Arc::new(std::sync::Mutex::new(Some(calls_rx))),
-                inbound_sync: std::sync::Arc::new(std::sync::Mutex::new(Some(sync_rx))),
-            },
-            task,
-        ))
+        Ok(spawn(cfg, swarm, local_id, topic, listen_addrs, discovery))
     }
+}
+
+/// Creates the handle's channels and spawns the event loop.
+fn spawn(
+    cfg: KlpConfig,
+    swarm: Swarm<Behaviour>,
+    local_id: kos_map_protocol::NodeId,
+    topic: gossipsub::IdentTopic,
+    listen_addrs: Vec<Multiaddr>,
+    discovery: Option<Discovery>,
+) -> (Klp, tokio::task::JoinHandle<()>) {
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (ev_tx, _) = broadcast::channel(EVENT_QUEUE);
+    let (calls_tx, calls_rx) = mpsc::channel(INBOUND_CALL_QUEUE);
+    let (call_replies_tx, call_replies_rx) = mpsc::channel(INBOUND_CALL_QUEUE);
+    let (sync_tx, sync_rx) = mpsc::channel(INBOUND_CALL_QUEUE);
+    let lp = EventLoop {
+        calls_tx,
+        sync_tx,
+        call_replies_tx,
+        call_replies_rx,
+        pending_calls: HashMap::new(),
+        next_call: 0,
+        calls_out: HashMap::new(),
+        swarm,
+        signing: ed25519_dalek::SigningKey::from_bytes(&cfg.secret_key),
+        local_id,
+        admission: Admission::new(cfg.handshake_timeout, cfg.handshake_required),
+        redial: Redial::default(),
+        replay: ReplayGuard::new(cfg.clock_skew.as_millis() as u64, 10_000),
+        cfg,
+        topic,
+        listen_addrs,
+        peers: HashMap::new(),
+        hellos: HashMap::new(),
+        events: ev_tx.clone(),
+        commands: cmd_rx,
+        discovery,
+    };
+    let task = tokio::spawn(lp.begin().run());
+    let klp = Klp {
+        commands: cmd_tx,
+        events: ev_tx,
+        local_id,
+        inbound_calls: std::sync::Arc::new(std::sync::Mutex::new(Some(calls_rx))),
+        inbound_sync: std::sync::Arc::new(std::sync::Mutex::new(Some(sync_rx))),
+    };
+    (klp, task)
 }
 
 impl EventLoop {
