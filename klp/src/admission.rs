@@ -459,7 +459,8 @@ mod tests {
         let peer = PeerId::random();
         let refused = |_: &PeerId| Some(HandshakeState::Refused);
         a.close_after_response(peer);
-        // Another response (not the last one) does nothing until ours is sent.
+        // Nothing lingers before the response is sent.
+        assert!(a.tick(t0 + LINGER * 4, refused).is_empty());
         let t1 = t0 + Duration::from_secs(1);
         a.response_sent(peer, [conn(1)], t1);
         assert!(

@@ -277,7 +277,9 @@ mod tests {
         assert!(r.due(t0 + secs(3600), never).is_empty());
         assert!(!r.dial_now(q, t0));
         r.disconnected(q, t0);
+        assert!(!r.is_scheduled(&q));
         r.refused(q, GoodbyeReason::NotApproved, RefusedBy::Peer, t0);
+        assert!(!r.is_scheduled(&q), "not knocked on either");
         assert!(r.due(t0 + secs(3600), never).is_empty());
         // No longer denied: the disconnected one is redialed, the connected one is not.
         let t1 = t0 + secs(10);
