@@ -35,9 +35,11 @@
 //! DNS-SD (`mdns-sd`): the node advertises `_kos-klp._udp.local.` with TXT `id=<peer id>` and
 //! `v=<MAP version>` only, browses for the same type and dials what it finds; MAP decides.
 
+mod admission;
 mod discovery;
 mod gate;
 pub mod peers;
+mod redial;
 mod swarm;
 
 use std::time::Duration;
