@@ -24,6 +24,12 @@
 //!   `federation/config/<scope>.yaml` atomically, records it in the config history and
 //!   activates it, or keeps the last good configuration; either way it gossips an ACK or
 //!   NACK (with the errors), which every node collects per peer for `GET /api/config/status`.
+//!
+//! The actor is an I/O shell: what to do is decided by `core::SyncCore` and the pure
+//! modules beside it (`wire`, `paging`, `pending`, `strikes`, `rate`, `peers_list`,
+//! `view`, bounds in `limits`), which take the time as a parameter and
+//! are unit-tested without sockets; the actor does the KLP calls, storage, file writes and
+//! events their answers call for.
 
 mod core;
 mod limits;
@@ -793,7 +799,10 @@ impl Actor {
             self.publish_view(self.last_state.as_ref());
         }
     }
+}
 
+/// Anti-entropy: runs with a peer, page by page, and the answers to peers' requests.
+impl Actor {
     /// Asks `peer` for the ops this node misses (one page; `after` continues a run).
     fn start_sync(&mut self, peer: NodeId, round: u32, after: Option<Cursor>) {
         let Some(log) = &self.core.log else { return };
@@ -913,7 +922,11 @@ impl Actor {
             let _ = req.reply.send(body);
         }
     }
+}
 
+/// What follows from the log: the periodic work, verdicts, peers.list, the swarm's sets,
+/// events and configuration snapshots.
+impl Actor {
     async fn periodic(&mut self) {
         if let Ok(peers) = self.klp.peers().await {
             self.sync.set_admitted(
