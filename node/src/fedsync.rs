@@ -24,8 +24,24 @@
 //!   `federation/config/<scope>.yaml` atomically, records it in the config history and
 //!   activates it, or keeps the last good configuration; either way it gossips an ACK or
 //!   NACK (with the errors), which every node collects per peer for `GET /api/config/status`.
+//!
+//! The actor is an I/O shell: what to do is decided by `core::SyncCore` and the pure
+//! modules beside it (`wire`, `paging`, `pending`, `strikes`, `rate`, `peers_list`,
+//! `view`, bounds in `limits`), which take the time as a parameter and
+//! are unit-tested without sockets; the actor does the KLP calls, storage, file writes and
+//! events their answers call for.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+mod core;
+mod limits;
+mod paging;
+mod peers_list;
+mod pending;
+mod rate;
+mod strikes;
+mod view;
+mod wire;
+
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,7 +51,6 @@ use ed25519_dalek::SigningKey;
 use kos_config::load::PEERS_LIST;
 use kos_klp::{InboundSync, Klp, KlpEvent, NodeId, PeerEntry, PeersFile};
 use kos_map_protocol::fedlog::{Genesis, Log, LogError, Op, OpBody, OpHash, State, UnsignedOp};
-use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -46,41 +61,26 @@ use crate::metrics::Metrics;
 use crate::runtime::{ConfigRuntime, EventRecorder, Tasks};
 use crate::store::{Db, OpStore};
 
+use self::core::{Begin, Genesis as AnswerGenesis, Refused, SyncCore, record_status};
+use self::limits::{COMMAND_QUEUE, MAX_OPS_PER_ANSWER, PEERS_LIST_POLL, PERSIST_QUEUE};
+use self::paging::Cursor;
+use self::peers_list::{denied_peers, fingerprint};
+use self::view::{kind, reason};
+
+pub use self::limits::{
+    MAX_STATUS_ERROR_LEN, MAX_STATUS_ERRORS, PENDING_TTL, STRIKE_WINDOW, STRIKES,
+};
+pub use self::peers_list::{effective_peers, read_peers_file, render_managed, write_managed};
+pub use self::view::{
+    ApprovedView, FedView, OpView, PeerStatus, RevokedView, ScopeStatus, ScopeView,
+};
+pub use self::wire::{
+    ConfigStatus, Gossip, GossipError, StatusKind, SyncRequest, SyncResponse, TAG_OP, TAG_STATUS,
+    decode_status,
+};
+
 /// The node's federation admin key (from `kos admin keygen`), if it holds one.
 pub const ADMIN_KEY_FILE: &str = "federation/admin.key";
-/// Gossip payload tags (the first byte) on the federation topic: an encoded [`Op`] follows,
-/// or a [`ConfigStatus`] as JSON.
-pub const TAG_OP: u8 = 1;
-pub const TAG_STATUS: u8 = 2;
-/// Ops with unknown parents kept while their parents are fetched: in all, in bytes, and
-/// from one source.
-const MAX_PENDING: usize = 1024;
-const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
-const MAX_PENDING_PER_SOURCE: usize = 256;
-/// Most ops taken from one sync answer.
-const MAX_OPS_PER_ANSWER: usize = 4096;
-/// Sync requests answered per peer: a burst, then one per second.
-const SYNC_BURST: f64 = 8.0;
-const SYNC_RATE_PER_SEC: f64 = 1.0;
-/// A refused snapshot is tried again at most every this many sync intervals.
-const NACK_RETRY_INTERVALS: u32 = 3;
-pub const PENDING_TTL: Duration = Duration::from_secs(30);
-/// Most heads accepted in a sync request.
-const MAX_HEADS: usize = 1024;
-/// Pages fetched in one anti-entropy run.
-const MAX_SYNC_ROUNDS: u32 = 64;
-/// Refusals that get a peer penalized, and the window they are counted in.
-pub const STRIKES: u32 = 3;
-pub const STRIKE_WINDOW: Duration = Duration::from_secs(600);
-/// Refused ops remembered for `kos federation log`.
-const REFUSED_KEPT: usize = 256;
-/// Limits on a received ACK/NACK.
-pub const MAX_STATUS_ERRORS: usize = 50;
-pub const MAX_STATUS_ERROR_LEN: usize = 500;
-const COMMAND_QUEUE: usize = 64;
-/// Ops waiting to be stored (the actor waits when it is full).
-const PERSIST_QUEUE: usize = 1024;
-const PEERS_LIST_POLL: Duration = Duration::from_millis(500);
 
 /// Why an API request about the federation failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,188 +97,6 @@ pub enum FedError {
     Store(String),
     #[error("the sync task has stopped")]
     Stopped,
-}
-
-/// An anti-entropy request (CBOR, carried by [`Klp::sync`]): what the requester holds.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SyncRequest {
-    /// [`Log::genesis_id`] of the requester: peers of another federation answer nothing.
-    pub genesis: ByteBuf,
-    #[serde(deserialize_with = "at_most::<MAX_HEADS, _>")]
-    pub heads: Vec<ByteBuf>,
-    /// Paging: only ops after this `(lamport, hash)` in the total order.
-    pub after: Option<(u64, ByteBuf)>,
-}
-
-/// The answer to a [`SyncRequest`]: encoded ops, parents first, and whether more follow.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SyncResponse {
-    pub genesis: ByteBuf,
-    #[serde(deserialize_with = "at_most::<MAX_OPS_PER_ANSWER, _>")]
-    pub ops: Vec<ByteBuf>,
-    pub more: bool,
-}
-
-/// Decodes a gossiped [`ConfigStatus`] (the bytes after its tag) and bounds it: at most
-/// [`MAX_STATUS_ERRORS`] errors of at most [`MAX_STATUS_ERROR_LEN`] bytes each. `None` when
-/// it is not JSON of that shape or names no op hash. Never panics.
-pub fn decode_status(bytes: &[u8]) -> Option<(OpHash, ConfigStatus)> {
-    let mut st = serde_json::from_slice::<ConfigStatus>(bytes).ok()?;
-    let op = st.op.parse::<OpHash>().ok()?;
-    st.errors.truncate(MAX_STATUS_ERRORS);
-    for e in &mut st.errors {
-        if e.len() > MAX_STATUS_ERROR_LEN {
-            let mut cut = MAX_STATUS_ERROR_LEN;
-            while !e.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            e.truncate(cut);
-        }
-    }
-    Some((op, st))
-}
-
-impl SyncRequest {
-    /// Decodes a request received from a peer. Never panics.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        ciborium::from_reader(bytes).map_err(|e| format!("undecodable sync request: {e}"))
-    }
-}
-
-impl SyncResponse {
-    /// Decodes a peer's answer. Never panics.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        ciborium::from_reader(bytes).map_err(|e| format!("undecodable sync answer: {e}"))
-    }
-}
-
-/// A sequence of at most `N` byte strings, refused while decoding as soon as it has more:
-/// one CBOR byte per empty byte string would otherwise cost a 24-byte `ByteBuf` each (a
-/// 1 MiB sync answer of them, ~50 MiB at the peak of the `Vec`'s growth).
-fn at_most<'de, const N: usize, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Vec<ByteBuf>, D::Error> {
-    struct AtMost<const N: usize>;
-    impl<'de, const N: usize> serde::de::Visitor<'de> for AtMost<N> {
-        type Value = Vec<ByteBuf>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            write!(f, "at most {N} byte strings")
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(N));
-            while let Some(b) = seq.next_element::<ByteBuf>()? {
-                if out.len() == N {
-                    return Err(serde::de::Error::invalid_length(N + 1, &self));
-                }
-                out.push(b);
-            }
-            Ok(out)
-        }
-    }
-    d.deserialize_seq(AtMost::<N>)
-}
-
-/// ACK or NACK of a configuration snapshot, as gossiped.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ConfigStatus {
-    /// The `PublishConfig` op (hex hash).
-    pub op: String,
-    pub scope: String,
-    pub snapshot_id: String,
-    pub status: StatusKind,
-    #[serde(default)]
-    pub errors: Vec<String>,
-    pub at_ms: u64,
-}
-
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum StatusKind {
-    Ack,
-    Nack,
-    Pending,
-}
-
-/// The federation as this node sees it (for the API).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct FedView {
-    pub enabled: bool,
-    pub admins: Vec<String>,
-    pub threshold: u32,
-    /// The admin id of the key this node holds, if any.
-    pub local_admin: Option<String>,
-    pub approved: Vec<ApprovedView>,
-    pub revoked: Vec<RevokedView>,
-    /// Peers the operator blocks in peers.list.
-    pub blocked: Vec<String>,
-    pub config: Vec<ScopeView>,
-    pub ops: usize,
-    pub heads: Vec<String>,
-    pub pending: usize,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ApprovedView {
-    pub id: String,
-    pub addrs: Vec<String>,
-    pub label: Option<String>,
-    pub op: String,
-    /// Blocked locally: not admitted here despite the approval.
-    pub blocked_locally: bool,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct RevokedView {
-    pub id: String,
-    pub reason: String,
-    pub op: String,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ScopeView {
-    pub scope: String,
-    pub snapshot_id: String,
-    pub op: String,
-    /// This node's own verdict.
-    pub status: StatusKind,
-    pub errors: Vec<String>,
-}
-
-/// One op of the log, for `kos federation log`.
-#[derive(Clone, Debug, Serialize)]
-pub struct OpView {
-    pub hash: String,
-    pub author: String,
-    pub seq: u64,
-    pub lamport: u64,
-    pub timestamp_ms: u64,
-    pub parents: Vec<String>,
-    pub signers: Vec<String>,
-    pub kind: &'static str,
-    pub summary: String,
-    /// `valid` for ops in the log; the reason for refused ones.
-    pub validity: String,
-}
-
-/// Per-peer ACK/NACK/pending of the current snapshot of each scope.
-#[derive(Clone, Debug, Serialize)]
-pub struct ScopeStatus {
-    pub scope: String,
-    pub snapshot_id: String,
-    pub op: String,
-    pub peers: Vec<PeerStatus>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct PeerStatus {
-    pub peer: String,
-    pub this_node: bool,
-    pub status: StatusKind,
-    pub errors: Vec<String>,
-    pub at_ms: Option<u64>,
 }
 
 enum Command {
@@ -428,144 +246,6 @@ pub fn create_admin_key(path: &Path) -> Result<NodeId> {
     }
 }
 
-/// Reads and parses `klp/peers.list`; a missing file is empty. Errors name file and line.
-pub fn read_peers_file(dir: &Path) -> Result<PeersFile, Vec<String>> {
-    let path = dir.join(PEERS_LIST);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PeersFile::default()),
-        Err(e) => return Err(vec![format!("{PEERS_LIST}: cannot read: {e}")]),
-    };
-    kos_klp::parse_peers_file(&text).map_err(|errs| {
-        errs.iter()
-            .map(|e| format!("{PEERS_LIST}:{}: {}", e.line, e.message))
-            .collect()
-    })
-}
-
-/// The peers the swarm admits: the operator's entries plus the federation's approvals,
-/// minus the operator's blocks and the federation's revocations. (A revocation beats a
-/// local entry too: a peer revoked by the federation is cut off everywhere; an operator who
-/// disagrees takes it up with the admins.)
-pub fn effective_peers(file: &PeersFile, state: Option<&State>) -> Vec<PeerEntry> {
-    let blocked: HashSet<NodeId> = file.blocked.iter().map(|b| b.id).collect();
-    let revoked: HashSet<NodeId> = state
-        .map(|s| s.revoked.keys().copied().collect())
-        .unwrap_or_default();
-    let mut out: Vec<PeerEntry> = file
-        .local
-        .iter()
-        .filter(|e| !blocked.contains(&e.id) && !revoked.contains(&e.id))
-        .cloned()
-        .collect();
-    if let Some(state) = state {
-        for (id, a) in &state.approved {
-            if blocked.contains(id) {
-                continue;
-            }
-            let addrs: Vec<String> = a
-                .addrs
-                .iter()
-                .filter_map(|x| kos_klp::peers::check_addr(x, id).ok())
-                .collect();
-            match out.iter_mut().find(|e| e.id == *id) {
-                Some(local) => {
-                    for x in addrs {
-                        if !local.addrs.contains(&x) {
-                            local.addrs.push(x);
-                        }
-                    }
-                }
-                None => out.push(PeerEntry {
-                    id: *id,
-                    addrs,
-                    label: a.label.clone(),
-                    line: 0,
-                }),
-            }
-        }
-    }
-    out
-}
-
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
-/// The managed section of peers.list for a state.
-pub fn render_managed(state: &State) -> String {
-    let mut out = String::new();
-    for (id, a) in &state.approved {
-        let addrs: Vec<String> = a
-            .addrs
-            .iter()
-            .filter_map(|x| kos_klp::peers::check_addr(x, id).ok())
-            .collect();
-        out.push_str(&kos_klp::peers::render_entry(&PeerEntry {
-            id: *id,
-            addrs,
-            label: Some(match &a.label {
-                Some(l) => format!("{} (op {})", one_line(l), short(&a.op)),
-                None => format!("op {}", short(&a.op)),
-            }),
-            line: 0,
-        }));
-        out.push('\n');
-    }
-    for (id, r) in &state.revoked {
-        out.push_str(&format!(
-            "# revoked {id}: {} (op {})\n",
-            one_line(&r.reason),
-            short(&r.op)
-        ));
-    }
-    out
-}
-
-fn short(h: &OpHash) -> String {
-    h.to_string()[..12].to_string()
-}
-
-/// Writes the managed section into peers.list if it differs, atomically. Writes only over
-/// a file whose operator section parses to `expected` (what the node last read): a file
-/// being edited (e.g. truncated by an editor saving in place) or edited since is left
-/// alone, and the next poll reads the operator's version first. Returns whether it wrote.
-pub fn write_managed(dir: &Path, managed: &str, expected: &PeersFile) -> std::io::Result<bool> {
-    let path = dir.join(PEERS_LIST);
-    let same_operator_section = |text: &str| {
-        kos_klp::parse_peers_file(text)
-            .is_ok_and(|f| f.local == expected.local && f.blocked == expected.blocked)
-    };
-    for _ in 0..5 {
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e),
-        };
-        if !same_operator_section(&text) {
-            return Ok(false);
-        }
-        let new = kos_klp::peers::replace_managed(&text, managed);
-        if new == text {
-            return Ok(false);
-        }
-        let again = std::fs::read_to_string(&path).unwrap_or_default();
-        if again != text {
-            continue;
-        }
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        kos_config::snapshot::atomic_write(&path, new.as_bytes(), None, &mut |_| {})?;
-        return Ok(true);
-    }
-    Err(std::io::Error::other(
-        "peers.list keeps changing; will retry",
-    ))
-}
-
 /// What the sync actor starts from; built before KLP starts.
 pub struct FedCore {
     log: Option<Log>,
@@ -700,26 +380,11 @@ pub struct FedParts {
     flushed: Option<watch::Sender<bool>>,
 }
 
-struct Pending {
-    op: Op,
-    from: Option<NodeId>,
-    since: Instant,
-    bytes: usize,
-}
-
 /// How one page of anti-entropy went.
 struct SyncPage {
     grew: bool,
     /// The last op of the page, for the next request's cursor.
-    last: Option<(u64, OpHash)>,
-}
-
-struct Refused {
-    at_ms: u64,
-    hash: Option<OpHash>,
-    author: Option<NodeId>,
-    from: Option<NodeId>,
-    reason: String,
+    last: Option<Cursor>,
 }
 
 struct Actor {
@@ -730,19 +395,8 @@ struct Actor {
     metrics: Arc<Metrics>,
     handshake_required: bool,
     sync_interval: Duration,
-    pending: HashMap<OpHash, Pending>,
-    refused: VecDeque<Refused>,
-    strikes: HashMap<NodeId, VecDeque<Instant>>,
-    admitted: BTreeSet<NodeId>,
-    syncing: HashSet<NodeId>,
-    /// Peers asked for a sync while one was running: run another when it ends.
-    resync: HashSet<NodeId>,
-    /// Peers whose federation has another genesis (misconfiguration, not malice).
-    foreign: HashSet<NodeId>,
-    /// Token buckets for their sync requests: (tokens, last refill).
-    sync_budget: HashMap<NodeId, (f64, Instant)>,
-    last_nack_retry: Option<Instant>,
-    next_sync: usize,
+    /// The decisions, without I/O: sync runs, pending ops, strikes, rate limits.
+    sync: SyncCore,
     sync_results: mpsc::Sender<(NodeId, Result<SyncResponse, String>, u32)>,
     /// Ops from other nodes to store, in arrival order (parents first).
     persist: mpsc::Sender<(String, u64, Vec<u8>)>,
@@ -755,11 +409,6 @@ struct Actor {
     own: BTreeMap<String, (OpHash, StatusKind, Vec<String>)>,
     /// Peers' verdicts by op.
     statuses: HashMap<OpHash, BTreeMap<NodeId, ConfigStatus>>,
-}
-
-fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
 }
 
 /// The node services the sync actor uses.
@@ -820,16 +469,7 @@ pub fn spawn(
         klp,
         handshake_required: cfg.handshake_required,
         sync_interval: cfg.sync_interval.get(),
-        pending: HashMap::new(),
-        refused: VecDeque::new(),
-        strikes: HashMap::new(),
-        admitted: BTreeSet::new(),
-        syncing: HashSet::new(),
-        resync: HashSet::new(),
-        foreign: HashSet::new(),
-        sync_budget: HashMap::new(),
-        last_nack_retry: None,
-        next_sync: 0,
+        sync: SyncCore::new(Instant::now(), cfg.sync_interval.get()),
         sync_results: results_tx,
         persist: persist_tx,
         applied_peers: None,
@@ -868,13 +508,7 @@ impl Actor {
                 },
                 ev = events.recv() => match ev {
                     Ok(ev) => self.on_event(ev).await,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        warn!(missed = n, "KLP events dropped; syncing with every peer");
-                        let peers: Vec<NodeId> = self.admitted.iter().copied().collect();
-                        for p in peers {
-                            self.start_sync(p, 0, None);
-                        }
-                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => self.on_lagged(n),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 Some(req) = async { match inbound.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
@@ -883,7 +517,7 @@ impl Actor {
                 Some((peer, res, round)) = results.recv() => self.on_sync_result(peer, res, round).await,
                 _ = poll.tick() => {
                     self.poll_peers_list().await;
-                    self.expire_pending().await;
+                    self.housekeep();
                 }
                 _ = sync_tick.tick() => self.periodic().await,
             }
@@ -892,6 +526,13 @@ impl Actor {
 
     fn enabled(&self) -> bool {
         self.core.log.is_some()
+    }
+
+    fn on_lagged(&mut self, missed: u64) {
+        warn!(missed, "KLP events dropped; syncing with every peer");
+        for p in self.sync.admitted_peers() {
+            self.start_sync(p, 0, None);
+        }
     }
 
     async fn on_command(&mut self, c: Command) {
@@ -916,26 +557,27 @@ impl Actor {
                 let _ = reply.send(r);
             }
             Command::Log { reply } => {
-                let _ = reply.send(self.log_view());
+                let _ = reply.send(view::log_view(self.core.log.as_ref(), self.sync.refused()));
             }
             Command::Status { reply } => {
-                let _ = reply.send(self.status_view());
+                let _ = reply.send(view::status_view(
+                    self.last_state.as_ref(),
+                    self.klp.local_id(),
+                    &self.core.peers,
+                    &self.own,
+                    &self.statuses,
+                ));
             }
             Command::FindSnapshot {
                 scope,
                 snapshot_id,
                 reply,
             } => {
-                let found = self.core.log.as_ref().and_then(|log| {
-                    log.iter().find_map(|op| match &op.unsigned.body {
-                        OpBody::PublishConfig {
-                            snapshot_id: id,
-                            scope: s,
-                            content,
-                        } if *s == scope && *id == snapshot_id => Some(content.clone()),
-                        _ => None,
-                    })
-                });
+                let found = self
+                    .core
+                    .log
+                    .as_ref()
+                    .and_then(|log| find_snapshot(log, &scope, &snapshot_id));
                 let _ = reply.send(found);
             }
         }
@@ -979,9 +621,7 @@ impl Actor {
         let log = self.core.log.as_mut().ok_or(FedError::Disabled)?;
         log.insert(op.clone())?;
         Metrics::outcome(&self.metrics.fedlog_ops, "inserted");
-        let mut msg = Vec::with_capacity(bytes.len() + 1);
-        msg.push(TAG_OP);
-        msg.extend_from_slice(&bytes);
+        let msg = Gossip::Op(bytes).encode();
         if let Err(e) = self.klp.publish("", msg).await {
             // No peer in the mesh yet: anti-entropy delivers it later.
             debug!(error = %e, "op not gossiped now");
@@ -1016,9 +656,7 @@ impl Actor {
                 // if a crash loses it, anti-entropy brings it again (only this node's own
                 // ops must be on disk before anyone sees them).
                 let record = (hash.to_string(), op.unsigned.lamport, op.encode());
-                if let Some(log) = self.core.log.as_mut()
-                    && log.insert(op).is_ok()
-                {
+                if log.insert(op).is_ok() {
                     Metrics::outcome(&self.metrics.fedlog_ops, "inserted");
                     debug!(op = %hash, "federation op inserted");
                     if self.persist.send(record).await.is_err() {
@@ -1032,42 +670,7 @@ impl Actor {
                 Metrics::outcome(&self.metrics.fedlog_ops, "known");
                 Ok(false)
             }
-            Err(LogError::UnknownParents(_)) => {
-                // Park it only if it is really signed (junk must not crowd out real ops),
-                // within the budgets, then ask for the missing history.
-                if let Err(e) = op.verify_signatures() {
-                    self.refuse(Some(&op), from, &e).await;
-                    return Err(());
-                }
-                let size = op.encode().len();
-                let total: usize = self.pending.values().map(|p| p.bytes).sum();
-                let from_source = self.pending.values().filter(|p| p.from == from).count();
-                if self.pending.len() < MAX_PENDING
-                    && total + size <= MAX_PENDING_BYTES
-                    && from_source < MAX_PENDING_PER_SOURCE
-                    && !self.pending.contains_key(&hash)
-                {
-                    self.pending.insert(
-                        hash,
-                        Pending {
-                            op,
-                            from,
-                            since: Instant::now(),
-                            bytes: size,
-                        },
-                    );
-                } else {
-                    debug!(op = %hash, "pending ops full; the op will come again by anti-entropy");
-                }
-                // The source may not be a direct neighbour: then any admitted peer.
-                let ask = from
-                    .filter(|f| self.admitted.contains(f))
-                    .or_else(|| self.admitted.iter().next().copied());
-                if let Some(p) = ask {
-                    self.start_sync(p, 0, None);
-                }
-                Ok(false)
-            }
+            Err(LogError::UnknownParents(_)) => self.park(op, from).await,
             Err(e @ LogError::Equivocation { .. }) => {
                 // Not the relay's fault: it may have seen the other op first.
                 Metrics::outcome(&self.metrics.fedlog_ops, "refused:equivocation");
@@ -1082,17 +685,28 @@ impl Actor {
         }
     }
 
-    fn remember_refused(&mut self, op: Option<&Op>, from: Option<NodeId>, e: &LogError) {
-        if self.refused.len() >= REFUSED_KEPT {
-            self.refused.pop_front();
+    /// An op whose parents are unknown: held only if it is really signed (junk must not
+    /// crowd out real ops) and within the budgets; then the missing history is asked for.
+    async fn park(&mut self, op: Op, from: Option<NodeId>) -> Result<bool, ()> {
+        if let Err(e) = op.verify_signatures() {
+            self.refuse(Some(&op), from, &e).await;
+            return Err(());
         }
-        self.refused.push_back(Refused {
-            at_ms: now_ms(),
-            hash: op.map(Op::hash),
-            author: op.map(|o| *o.author()),
-            from,
-            reason: e.to_string(),
-        });
+        let hash = op.hash();
+        let size = op.encode().len();
+        if let Err(why) = self.sync.park(op, from, size, Instant::now()) {
+            debug!(op = %hash, ?why, "op not held for its parents; it will come again by anti-entropy");
+        }
+        // The source may not be a direct neighbour: then any admitted peer.
+        if let Some(p) = self.sync.ask_for_parents(from) {
+            self.start_sync(p, 0, None);
+        }
+        Ok(false)
+    }
+
+    fn remember_refused(&mut self, op: Option<&Op>, from: Option<NodeId>, e: &LogError) {
+        self.sync
+            .remember_refused(Refused::new(now_ms(), op, from, e));
     }
 
     /// Counts and remembers a refused op and charges it to the peer responsible.
@@ -1106,21 +720,7 @@ impl Actor {
     }
 
     async fn strike(&mut self, peer: NodeId) {
-        if self.foreign.contains(&peer) {
-            // Another federation's ops are invalid here by construction; not an attack.
-            return;
-        }
-        let now = Instant::now();
-        let q = self.strikes.entry(peer).or_default();
-        q.push_back(now);
-        while q
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > STRIKE_WINDOW)
-        {
-            q.pop_front();
-        }
-        if q.len() as u32 >= STRIKES {
-            q.clear();
+        if self.sync.strike(peer, Instant::now()) {
             warn!(peer = %peer, "peer sent {STRIKES} invalid federation ops: penalizing");
             let _ = self
                 .klp
@@ -1133,90 +733,78 @@ impl Actor {
     async fn retry_pending(&mut self) -> bool {
         let mut grew = false;
         loop {
-            let ready: Vec<OpHash> = match &self.core.log {
-                None => return grew,
-                Some(log) => self
-                    .pending
-                    .iter()
-                    .filter(|(_, p)| p.op.unsigned.parents.iter().all(|h| log.contains(h)))
-                    .map(|(h, _)| *h)
-                    .collect(),
+            let Some(log) = &self.core.log else {
+                return grew;
             };
+            let ready = self.sync.take_ready(|h| log.contains(h));
             if ready.is_empty() {
                 return grew;
             }
-            for h in ready {
-                if let Some(p) = self.pending.remove(&h) {
-                    grew |= self.ingest_op(p.op, p.from).await.unwrap_or(false);
-                }
+            for p in ready {
+                grew |= self.ingest_op(p.op, p.from).await.unwrap_or(false);
             }
         }
     }
 
     /// Drops ops whose parents never came. Not charged to anyone: an honest relay may
     /// hold ops whose history this node refuses (after an equivocation) or cannot reach.
-    async fn expire_pending(&mut self) {
-        let expired: Vec<OpHash> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.since.elapsed() > PENDING_TTL)
-            .map(|(h, _)| *h)
-            .collect();
-        let mut changed = false;
-        for h in expired {
-            if let Some(p) = self.pending.remove(&h) {
-                let missing: Vec<OpHash> = match &self.core.log {
-                    Some(log) => {
-                        p.op.unsigned
-                            .parents
-                            .iter()
-                            .filter(|x| !log.contains(x))
-                            .copied()
-                            .collect()
-                    }
-                    None => Vec::new(),
-                };
-                let e = LogError::UnknownParents(missing);
-                Metrics::outcome(&self.metrics.fedlog_ops, "refused:unknown_parents");
-                warn!(op = %h, "federation op dropped: its parents never arrived");
-                self.remember_refused(Some(&p.op), p.from, &e);
-                changed = true;
-            }
+    fn housekeep(&mut self) {
+        let expired = self.sync.housekeep(Instant::now());
+        if expired.is_empty() {
+            return;
         }
-        if changed {
-            self.publish_view(self.last_state.as_ref());
+        for p in expired {
+            let missing: Vec<OpHash> = match &self.core.log {
+                Some(log) => {
+                    p.op.unsigned
+                        .parents
+                        .iter()
+                        .filter(|x| !log.contains(x))
+                        .copied()
+                        .collect()
+                }
+                None => Vec::new(),
+            };
+            let e = LogError::UnknownParents(missing);
+            Metrics::outcome(&self.metrics.fedlog_ops, "refused:unknown_parents");
+            warn!(op = %p.op.hash(), "federation op dropped: its parents never arrived");
+            self.remember_refused(Some(&p.op), p.from, &e);
         }
+        self.publish_view(self.last_state.as_ref());
     }
 
     async fn on_event(&mut self, ev: KlpEvent) {
         match ev {
             KlpEvent::Admitted { peer, .. } => {
                 if let Ok(p) = peer.parse::<NodeId>() {
-                    self.admitted.insert(p);
+                    self.sync.admitted(p);
                     self.start_sync(p, 0, None);
                     self.gossip_own_statuses().await;
                 }
             }
             KlpEvent::Disconnected { peer } => {
                 if let Ok(p) = peer.parse::<NodeId>() {
-                    self.admitted.remove(&p);
+                    self.sync.disconnected(&p);
                 }
             }
             KlpEvent::Message { from, data, .. } => {
                 let from = from.parse::<NodeId>().ok();
-                match data.split_first() {
-                    Some((&TAG_OP, rest)) if self.enabled() => {
-                        let mut grew = self.ingest(rest, from).await.unwrap_or(false);
-                        grew |= self.retry_pending().await;
-                        if grew {
-                            self.on_changed(false).await;
-                        } else {
-                            self.publish_view(self.last_state.as_ref());
+                match Gossip::decode(&data) {
+                    Ok(Gossip::Op(op)) if self.enabled() => self.on_gossip_op(&op, from).await,
+                    Ok(Gossip::Status { op, status }) => {
+                        if let Some(f) = from {
+                            record_status(
+                                &mut self.statuses,
+                                self.last_state.as_ref(),
+                                f,
+                                op,
+                                status,
+                            );
                         }
                     }
-                    Some((&TAG_STATUS, rest)) => {
+                    Err(GossipError::BadStatus) => {
                         if let Some(f) = from {
-                            self.on_status(f, rest);
+                            debug!(peer = %f, "undecodable config status");
                         }
                     }
                     _ => {}
@@ -1226,58 +814,30 @@ impl Actor {
         }
     }
 
-    fn on_status(&mut self, from: NodeId, bytes: &[u8]) {
-        let Some((op, mut st)) = decode_status(bytes) else {
-            debug!(peer = %from, "undecodable config status");
-            return;
-        };
-        // Only statuses about a scope's current snapshot are kept (bounds memory), and
-        // only what the op does not already say.
-        let Some((scope, published)) = self
-            .last_state
-            .as_ref()
-            .and_then(|s| s.config.iter().find(|(_, p)| p.op == op))
-        else {
-            return;
-        };
-        st.scope = scope.clone();
-        st.snapshot_id = published.snapshot_id.clone();
-        // Verdicts about older snapshots go.
-        let current: HashSet<OpHash> = self
-            .last_state
-            .as_ref()
-            .map(|s| s.config.values().map(|p| p.op).collect())
-            .unwrap_or_default();
-        self.statuses.retain(|k, _| current.contains(k));
-        let entry = self.statuses.entry(op).or_default();
-        if entry.get(&from).is_none_or(|old| old.at_ms <= st.at_ms) {
-            entry.insert(from, st);
+    async fn on_gossip_op(&mut self, bytes: &[u8], from: Option<NodeId>) {
+        let mut grew = self.ingest(bytes, from).await.unwrap_or(false);
+        grew |= self.retry_pending().await;
+        if grew {
+            self.on_changed(false).await;
+        } else {
+            self.publish_view(self.last_state.as_ref());
         }
     }
+}
 
+/// Anti-entropy: runs with a peer, page by page, and the answers to peers' requests.
+impl Actor {
     /// Asks `peer` for the ops this node misses (one page; `after` continues a run).
-    fn start_sync(&mut self, peer: NodeId, round: u32, after: Option<(u64, OpHash)>) {
+    fn start_sync(&mut self, peer: NodeId, round: u32, after: Option<Cursor>) {
         let Some(log) = &self.core.log else { return };
-        if round == 0 && !self.syncing.insert(peer) {
-            // One is running: run another when it ends (it may predate what we now miss).
-            self.resync.insert(peer);
+        if self.sync.begin_sync(peer, round) == Begin::Queued {
+            // One is running: another runs when it ends (it may predate what we now miss).
             return;
         }
-        let request = SyncRequest {
-            genesis: ByteBuf::from(log.genesis_id().to_vec()),
-            heads: log
-                .heads()
-                .into_iter()
-                .take(MAX_HEADS)
-                .map(|h| ByteBuf::from(h.0.to_vec()))
-                .collect(),
-            after: after.map(|(l, h)| (l, ByteBuf::from(h.0.to_vec()))),
+        let Ok(body) = paging::request(log, after).encode() else {
+            self.sync.abort_sync(&peer);
+            return;
         };
-        let mut body = Vec::new();
-        if ciborium::into_writer(&request, &mut body).is_err() {
-            self.syncing.remove(&peer);
-            return;
-        }
         let klp = self.klp.clone();
         let back = self.sync_results.clone();
         self.node.tasks.spawn("fed-sync-request", async move {
@@ -1290,8 +850,7 @@ impl Actor {
     }
 
     fn end_sync(&mut self, peer: NodeId) {
-        self.syncing.remove(&peer);
-        if self.resync.remove(&peer) && self.admitted.contains(&peer) {
+        if self.sync.end_sync(&peer) {
             self.start_sync(peer, 0, None);
         }
     }
@@ -1302,7 +861,11 @@ impl Actor {
         res: Result<SyncResponse, String>,
         round: u32,
     ) {
-        let resp = match res {
+        let checked = res.and_then(|r| match paging::check_page(&r) {
+            Ok(()) => Ok(r),
+            Err(e) => Err(e.to_string()),
+        });
+        let resp = match checked {
             Ok(r) => r,
             Err(e) => {
                 debug!(peer = %peer, error = %e, "sync failed");
@@ -1310,26 +873,27 @@ impl Actor {
                 return;
             }
         };
-        let ours = self.core.log.as_ref().map(Log::genesis_id);
-        if ours.is_some_and(|g| g.as_slice() != resp.genesis.as_slice()) {
-            if self.foreign.insert(peer) {
+        let same = self
+            .core
+            .log
+            .as_ref()
+            .is_none_or(|log| paging::same_genesis(log, &resp));
+        if let AnswerGenesis::Foreign { first } = self.sync.answer_genesis(peer, same) {
+            if first {
                 warn!(peer = %peer, "this peer's federation has other admins (federation.klp.admins or admin_threshold differ): its ops are ignored");
             }
             self.end_sync(peer);
             return;
         }
-        self.foreign.remove(&peer);
         let page = self.ingest_page(peer, &resp.ops).await;
         if page.grew {
             self.on_changed(false).await;
         } else {
             self.publish_view(self.last_state.as_ref());
         }
-        match page.last {
-            Some(last) if resp.more && round + 1 < MAX_SYNC_ROUNDS => {
-                self.start_sync(peer, round + 1, Some(last));
-            }
-            _ => self.end_sync(peer),
+        match paging::next_page(resp.more, page.last, round) {
+            Some((next, last)) => self.start_sync(peer, next, Some(last)),
+            None => self.end_sync(peer),
         }
     }
 
@@ -1367,30 +931,9 @@ impl Actor {
     /// Answers a peer's sync request: the ops it misses after its cursor, parents first,
     /// within the page budget. Rate limited per peer; nothing for another federation.
     fn answer_sync(&mut self, req: InboundSync) {
-        let now = Instant::now();
-        let (tokens, last) = self
-            .sync_budget
-            .entry(req.peer)
-            .or_insert((SYNC_BURST, now));
-        *tokens =
-            (*tokens + now.duration_since(*last).as_secs_f64() * SYNC_RATE_PER_SEC).min(SYNC_BURST);
-        *last = now;
-        let allowed = *tokens >= 1.0;
-        if allowed {
-            *tokens -= 1.0;
-        }
-        if self.sync_budget.len() > 4096 {
-            self.sync_budget
-                .retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
-        }
+        let allowed = self.sync.allow_answer(req.peer, Instant::now());
         let Some(log) = &self.core.log else {
             return;
-        };
-        let genesis = ByteBuf::from(log.genesis_id().to_vec());
-        let empty = |genesis| SyncResponse {
-            genesis,
-            ops: Vec::new(),
-            more: false,
         };
         // Over the rate limit, the request is not even decoded.
         let request = if allowed {
@@ -1399,67 +942,32 @@ impl Actor {
             debug!(peer = %req.peer, "sync request over the rate limit");
             None
         };
-        let answer = match request {
-            Some(r) if r.genesis == genesis => {
-                let heads: Vec<OpHash> = r
-                    .heads
-                    .iter()
-                    .filter_map(|h| <[u8; 32]>::try_from(h.as_slice()).ok().map(OpHash))
-                    .collect();
-                let after: Option<(u64, OpHash)> = r.after.and_then(|(l, h)| {
-                    <[u8; 32]>::try_from(h.as_slice())
-                        .ok()
-                        .map(|h| (l, OpHash(h)))
-                });
-                let mut ops = Vec::new();
-                let mut size = 0;
-                let mut more = false;
-                for op in log.ops_after(&heads) {
-                    if after.is_some_and(|a| (op.unsigned.lamport, op.hash()) <= a) {
-                        continue;
-                    }
-                    let b = op.encode();
-                    if !ops.is_empty()
-                        && (size + b.len() > kos_klp::SYNC_RESPONSE_BUDGET
-                            || ops.len() >= MAX_OPS_PER_ANSWER)
-                    {
-                        more = true;
-                        break;
-                    }
-                    size += b.len();
-                    ops.push(ByteBuf::from(b));
-                }
-                SyncResponse { genesis, ops, more }
-            }
-            _ => empty(genesis),
-        };
-        let mut body = Vec::new();
-        if ciborium::into_writer(&answer, &mut body).is_ok() {
+        if let Ok(body) = paging::answer(log, request).encode() {
             let _ = req.reply.send(body);
         }
     }
+}
 
+/// What follows from the log: the periodic work, verdicts, peers.list, the swarm's sets,
+/// events and configuration snapshots.
+impl Actor {
     async fn periodic(&mut self) {
         if let Ok(peers) = self.klp.peers().await {
-            self.admitted = peers
-                .iter()
-                .filter(|p| p.connected && p.state == kos_klp::HandshakeState::Admitted)
-                .filter_map(|p| p.id.parse().ok())
-                .collect();
+            self.sync.set_admitted(
+                peers
+                    .iter()
+                    .filter(|p| p.connected && p.state == kos_klp::HandshakeState::Admitted)
+                    .filter_map(|p| p.id.parse().ok()),
+            );
         }
-        if !self.admitted.is_empty() {
-            let i = self.next_sync % self.admitted.len();
-            self.next_sync = self.next_sync.wrapping_add(1);
-            if let Some(p) = self.admitted.iter().nth(i).copied() {
-                self.start_sync(p, 0, None);
-            }
+        if let Some(p) = self.sync.next_periodic() {
+            self.start_sync(p, 0, None);
         }
         // A snapshot refused here is tried again, at most every NACK_RETRY_INTERVALS sync
         // intervals: the operator may have fixed what made it fail (the verdict and event
         // change only if the outcome does).
-        let due = self
-            .last_nack_retry
-            .is_none_or(|t| t.elapsed() >= self.sync_interval * NACK_RETRY_INTERVALS);
+        let now = Instant::now();
+        let due = self.sync.nack_retry_due(now);
         let retry: Vec<(String, kos_map_protocol::fedlog::Published)> = match &self.last_state {
             Some(state) if due => state
                 .config
@@ -1474,7 +982,7 @@ impl Actor {
             _ => Vec::new(),
         };
         if !retry.is_empty() {
-            self.last_nack_retry = Some(Instant::now());
+            self.sync.nack_retried(now);
         }
         for (scope, p) in retry {
             self.apply_snapshot(&scope, &p).await;
@@ -1483,24 +991,23 @@ impl Actor {
     }
 
     async fn gossip_own_statuses(&mut self) {
-        let statuses: Vec<ConfigStatus> = self
+        let statuses: Vec<Gossip> = self
             .own
             .iter()
-            .map(|(scope, (op, status, errors))| ConfigStatus {
-                op: op.to_string(),
-                scope: scope.clone(),
-                snapshot_id: self.snapshot_of(op).unwrap_or_default(),
-                status: *status,
-                errors: errors.clone(),
-                at_ms: now_ms(),
+            .map(|(scope, (op, status, errors))| Gossip::Status {
+                op: *op,
+                status: ConfigStatus {
+                    op: op.to_string(),
+                    scope: scope.clone(),
+                    snapshot_id: self.snapshot_of(op).unwrap_or_default(),
+                    status: *status,
+                    errors: errors.clone(),
+                    at_ms: now_ms(),
+                },
             })
             .collect();
         for st in statuses {
-            if let Ok(json) = serde_json::to_vec(&st) {
-                let mut msg = vec![TAG_STATUS];
-                msg.extend_from_slice(&json);
-                let _ = self.klp.publish("", msg).await;
-            }
+            let _ = self.klp.publish("", st.encode()).await;
         }
     }
 
@@ -1510,7 +1017,6 @@ impl Actor {
             _ => None,
         }
     }
-
     async fn poll_peers_list(&mut self) {
         let path = self.core.dir.join(PEERS_LIST);
         let now = fingerprint(&path);
@@ -1567,12 +1073,7 @@ impl Actor {
             }
         }
         // Denied whatever handshake_required says: local blocks and revocations.
-        let mut denied: Vec<NodeId> = self.core.peers.blocked.iter().map(|b| b.id).collect();
-        if let Some(state) = &state {
-            denied.extend(state.revoked.keys().copied());
-        }
-        denied.sort();
-        denied.dedup();
+        let denied = denied_peers(&self.core.peers, state.as_ref());
         if self.applied_denied.as_ref() != Some(&denied)
             && self.klp.set_denied(denied.clone()).await.is_ok()
         {
@@ -1710,274 +1211,36 @@ impl Actor {
     }
 
     fn publish_view(&self, state: Option<&State>) {
-        let blocked: BTreeSet<NodeId> = self.core.peers.blocked.iter().map(|b| b.id).collect();
         let local_admin = self
             .core
             .admin_key
             .as_ref()
             .map(|k| NodeId::from_public_key(k.verifying_key()).to_string());
-        let view = match (state, &self.core.log) {
-            (Some(state), Some(log)) => FedView {
-                enabled: true,
-                admins: state.admins.iter().map(ToString::to_string).collect(),
-                threshold: state.threshold,
-                local_admin: local_admin.clone(),
-                approved: state
-                    .approved
-                    .iter()
-                    .map(|(id, a)| ApprovedView {
-                        id: id.to_string(),
-                        addrs: a.addrs.clone(),
-                        label: a.label.clone(),
-                        op: a.op.to_string(),
-                        blocked_locally: blocked.contains(id),
-                    })
-                    .collect(),
-                revoked: state
-                    .revoked
-                    .iter()
-                    .map(|(id, r)| RevokedView {
-                        id: id.to_string(),
-                        reason: r.reason.clone(),
-                        op: r.op.to_string(),
-                    })
-                    .collect(),
-                blocked: blocked.iter().map(ToString::to_string).collect(),
-                config: state
-                    .config
-                    .iter()
-                    .map(|(scope, p)| {
-                        let own = self.own.get(scope).filter(|o| o.0 == p.op);
-                        ScopeView {
-                            scope: scope.clone(),
-                            snapshot_id: p.snapshot_id.clone(),
-                            op: p.op.to_string(),
-                            status: own.map_or(StatusKind::Pending, |o| o.1),
-                            errors: own.map(|o| o.2.clone()).unwrap_or_default(),
-                        }
-                    })
-                    .collect(),
-                ops: log.len(),
-                heads: log.heads().iter().map(ToString::to_string).collect(),
-                pending: self.pending.len(),
-            },
-            _ => FedView {
-                blocked: blocked.iter().map(ToString::to_string).collect(),
-                local_admin: local_admin.clone(),
-                ..FedView::default()
-            },
-        };
+        let view = view::fed_view(
+            state,
+            self.core.log.as_ref(),
+            &self.core.peers,
+            local_admin,
+            &self.own,
+            self.sync.pending_len(),
+        );
         self.parts.view.send_replace(Arc::new(view));
     }
-
-    fn log_view(&self) -> Vec<OpView> {
-        let mut out: Vec<OpView> = match &self.core.log {
-            None => Vec::new(),
-            Some(log) => log.iter().map(|op| op_view(op, "valid".into())).collect(),
-        };
-        for r in &self.refused {
-            out.push(OpView {
-                hash: r.hash.map(|h| h.to_string()).unwrap_or_default(),
-                author: r.author.map(|a| a.to_string()).unwrap_or_default(),
-                seq: 0,
-                lamport: 0,
-                timestamp_ms: r.at_ms,
-                parents: Vec::new(),
-                signers: Vec::new(),
-                kind: "refused",
-                summary: r
-                    .from
-                    .map(|f| format!("from {f}"))
-                    .unwrap_or_else(|| "submitted here".into()),
-                validity: format!("refused: {}", r.reason),
-            });
-        }
-        out
-    }
-
-    fn status_view(&self) -> Vec<ScopeStatus> {
-        let Some(state) = &self.last_state else {
-            return Vec::new();
-        };
-        let me = self.klp.local_id();
-        let mut peers: BTreeSet<NodeId> = state.approved.keys().copied().collect();
-        peers.extend(self.core.peers.local.iter().map(|e| e.id));
-        peers.remove(&me);
-        state
-            .config
-            .iter()
-            .map(|(scope, p)| {
-                let theirs = self.statuses.get(&p.op);
-                let mut rows = vec![match self.own.get(scope).filter(|o| o.0 == p.op) {
-                    Some((_, st, errs)) => PeerStatus {
-                        peer: me.to_string(),
-                        this_node: true,
-                        status: *st,
-                        errors: errs.clone(),
-                        at_ms: None,
-                    },
-                    None => PeerStatus {
-                        peer: me.to_string(),
-                        this_node: true,
-                        status: StatusKind::Pending,
-                        errors: Vec::new(),
-                        at_ms: None,
-                    },
-                }];
-                for peer in &peers {
-                    let st = theirs.and_then(|m| m.get(peer));
-                    rows.push(PeerStatus {
-                        peer: peer.to_string(),
-                        this_node: false,
-                        status: st.map_or(StatusKind::Pending, |s| s.status),
-                        errors: st.map(|s| s.errors.clone()).unwrap_or_default(),
-                        at_ms: st.map(|s| s.at_ms),
-                    });
-                }
-                ScopeStatus {
-                    scope: scope.clone(),
-                    snapshot_id: p.snapshot_id.clone(),
-                    op: p.op.to_string(),
-                    peers: rows,
-                }
-            })
-            .collect()
-    }
 }
 
-fn kind(body: &OpBody) -> &'static str {
-    match body {
-        OpBody::ApprovePeer { .. } => "approve_peer",
-        OpBody::RevokePeer { .. } => "revoke_peer",
-        OpBody::AddAdmin { .. } => "add_admin",
-        OpBody::RemoveAdmin { .. } => "remove_admin",
-        OpBody::PublishConfig { .. } => "publish_config",
-    }
-}
-
-fn op_view(op: &Op, validity: String) -> OpView {
-    let u = &op.unsigned;
-    let summary = match &u.body {
-        OpBody::ApprovePeer { peer, addrs, label } => format!(
-            "approve {peer}{}{}",
-            label
-                .as_deref()
-                .map(|l| format!(" ({l})"))
-                .unwrap_or_default(),
-            if addrs.is_empty() {
-                String::new()
-            } else {
-                format!(" at {}", addrs.join(" "))
-            }
-        ),
-        OpBody::RevokePeer { peer, reason } => format!("revoke {peer}: {reason}"),
-        OpBody::AddAdmin { admin } => format!("add admin {admin}"),
-        OpBody::RemoveAdmin { admin } => format!("remove admin {admin}"),
+/// The content of the snapshot `snapshot_id` of `scope` published in `log`, if any.
+fn find_snapshot(log: &Log, scope: &str, snapshot_id: &str) -> Option<String> {
+    log.iter().find_map(|op| match &op.unsigned.body {
         OpBody::PublishConfig {
-            snapshot_id, scope, ..
-        } => format!(
-            "publish `{scope}` snapshot {}",
-            &snapshot_id[..snapshot_id.len().min(12)]
-        ),
-    };
-    OpView {
-        hash: op.hash().to_string(),
-        author: u.author.to_string(),
-        seq: u.seq,
-        lamport: u.lamport,
-        timestamp_ms: u.timestamp_ms,
-        parents: u.parents.iter().map(ToString::to_string).collect(),
-        signers: op.signatures.iter().map(|(s, _)| s.to_string()).collect(),
-        kind: kind(&u.body),
-        summary,
-        validity,
-    }
-}
-
-/// A stable metric label for a refusal.
-fn reason(e: &LogError) -> &'static str {
-    match e {
-        LogError::TooLarge { .. } => "too_large",
-        LogError::Malformed(_) => "malformed",
-        LogError::InvalidGenesis(_) => "invalid_genesis",
-        LogError::WrongSigningKey => "wrong_signing_key",
-        LogError::AlreadyKnown(_) => "already_known",
-        LogError::UnknownParents(_) => "unknown_parents",
-        LogError::BadLamport { .. } => "bad_lamport",
-        LogError::BadSignature { .. } => "bad_signature",
-        LogError::NotAdmin { .. } => "not_admin",
-        LogError::BelowThreshold { .. } => "below_threshold",
-        LogError::SeqGap { .. } => "seq_gap",
-        LogError::Equivocation { .. } => "equivocation",
-        LogError::WouldBreakAdminSet { .. } => "would_break_admin_set",
-    }
+            snapshot_id: id,
+            scope: s,
+            content,
+        } if s == scope && id == snapshot_id => Some(content.clone()),
+        _ => None,
+    })
 }
 
 /// Decodes an unsigned draft (for the CLI, which signs it with key files).
 pub fn decode_draft(bytes: &[u8]) -> Result<UnsignedOp, LogError> {
     UnsignedOp::decode(bytes)
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
-        let mut out = Vec::new();
-        ciborium::into_writer(v, &mut out).unwrap();
-        out
-    }
-
-    fn text(out: &mut Vec<u8>, s: &str) {
-        out.push(0x60 | s.len() as u8);
-        out.extend_from_slice(s.as_bytes());
-    }
-
-    /// Issue 10: a sync answer or request with more entries than a node ever sends is
-    /// refused while it is decoded, definite or indefinite length, so a peer's 1 MiB answer
-    /// of one-byte empty strings cannot become a million `ByteBuf`s.
-    #[test]
-    fn sync_messages_with_too_many_entries_are_refused_while_decoding() {
-        let answer = |n| SyncResponse {
-            genesis: ByteBuf::from(vec![7; 32]),
-            ops: vec![ByteBuf::new(); n],
-            more: false,
-        };
-        let ok =
-            ciborium::from_reader::<SyncResponse, _>(cbor(&answer(MAX_OPS_PER_ANSWER)).as_slice())
-                .unwrap();
-        assert_eq!(ok.ops.len(), MAX_OPS_PER_ANSWER);
-        assert!(
-            ciborium::from_reader::<SyncResponse, _>(
-                cbor(&answer(MAX_OPS_PER_ANSWER + 1)).as_slice()
-            )
-            .is_err()
-        );
-        // The same with an indefinite-length array (no length to check up front), and far
-        // more entries than the limit: refused at entry MAX_OPS_PER_ANSWER + 1.
-        let mut raw = vec![0xa3];
-        text(&mut raw, "genesis");
-        raw.push(0x40);
-        text(&mut raw, "ops");
-        raw.push(0x9f);
-        raw.extend(std::iter::repeat_n(0x40, 1024 * 1024));
-        raw.push(0xff);
-        text(&mut raw, "more");
-        raw.push(0xf4);
-        assert!(ciborium::from_reader::<SyncResponse, _>(raw.as_slice()).is_err());
-
-        let request = |n| SyncRequest {
-            genesis: ByteBuf::from(vec![7; 32]),
-            heads: vec![ByteBuf::from(vec![1; 32]); n],
-            after: None,
-        };
-        let ok =
-            ciborium::from_reader::<SyncRequest, _>(cbor(&request(MAX_HEADS)).as_slice()).unwrap();
-        assert_eq!(ok.heads.len(), MAX_HEADS);
-        assert!(
-            ciborium::from_reader::<SyncRequest, _>(cbor(&request(MAX_HEADS + 1)).as_slice())
-                .is_err()
-        );
-    }
 }
