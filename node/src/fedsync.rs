@@ -131,8 +131,6 @@ enum Command {
 pub struct FedSync {
     commands: mpsc::Sender<Command>,
     view: watch::Receiver<Arc<FedView>>,
-    /// Turns true when the actor has stopped and every received op is stored.
-    flushed: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Command {
@@ -152,15 +150,6 @@ impl FedSync {
             .await
             .map_err(|_| FedError::Stopped)?;
         rx.await.map_err(|_| FedError::Stopped)
-    }
-
-    /// Waits (at most `limit`) until the stopped actor's ops are all stored: call after the
-    /// shutdown token is cancelled, before the database closes.
-    pub async fn flushed(&self, limit: Duration) -> bool {
-        let mut rx = self.flushed.clone();
-        tokio::time::timeout(limit, rx.wait_for(|done| *done))
-            .await
-            .is_ok_and(|r| r.is_ok())
     }
 
     /// The federation as this node sees it now.
@@ -357,17 +346,14 @@ impl FedCore {
 pub fn channel() -> (FedSync, FedParts) {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let (view_tx, view_rx) = watch::channel(Arc::new(FedView::default()));
-    let (flushed_tx, flushed_rx) = watch::channel(false);
     (
         FedSync {
             commands: tx,
             view: view_rx,
-            flushed: flushed_rx,
         },
         FedParts {
             commands: rx,
             view: view_tx,
-            flushed: Some(flushed_tx),
         },
     )
 }
@@ -377,7 +363,6 @@ pub fn channel() -> (FedSync, FedParts) {
 pub struct FedParts {
     commands: mpsc::Receiver<Command>,
     view: watch::Sender<Arc<FedView>>,
-    flushed: Option<watch::Sender<bool>>,
 }
 
 /// How one page of anti-entropy went.
@@ -437,7 +422,7 @@ impl NodeServices {
 /// admission is missed.
 pub fn spawn(
     core: FedCore,
-    mut parts: FedParts,
+    parts: FedParts,
     node: NodeServices,
     klp: Klp,
     events: broadcast::Receiver<KlpEvent>,
@@ -447,17 +432,13 @@ pub fn spawn(
     let (results_tx, results_rx) = mpsc::channel(64);
     let (persist_tx, mut persist_rx) = mpsc::channel::<(String, u64, Vec<u8>)>(PERSIST_QUEUE);
     let db = node.db.clone();
-    let flushed = parts.flushed.take();
-    // Joined at shutdown: the database closes after what is queued is stored.
+    // Ends when the actor stops (drops its sender), after storing what is queued; joined at
+    // shutdown before the database closes.
     node.tasks.spawn("fed-persist", async move {
-        // Ends when the actor stops (drops its sender), after storing what is queued.
         while let Some((hash, lamport, bytes)) = persist_rx.recv().await {
             if let Err(e) = db.insert_op(&hash, lamport, &bytes).await {
                 warn!(op = %hash, error = %e, "cannot store a federation op; after a restart it is fetched again");
             }
-        }
-        if let Some(f) = flushed {
-            let _ = f.send(true);
         }
     });
     let peers_fingerprint = fingerprint(&core.dir.join(PEERS_LIST));

@@ -43,8 +43,8 @@ use kos_map_protocol::{
 };
 use kos_node::auth::Authenticator;
 use kos_node::fedsync::{
-    ConfigStatus, MAX_STATUS_ERROR_LEN, MAX_STATUS_ERRORS, StatusKind, SyncRequest, SyncResponse,
-    TAG_OP, TAG_STATUS, decode_status,
+    ConfigStatus, Gossip, MAX_STATUS_ERROR_LEN, MAX_STATUS_ERRORS, StatusKind, SyncRequest,
+    SyncResponse, TAG_OP, TAG_STATUS, decode_status,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -255,16 +255,15 @@ fn child_main(target: &str) {
                 target,
                 n,
                 byte_inputs(seeds, GOSSIP_DICT, 4096),
-                move |b: &Vec<u8>| match b.split_first() {
-                    Some((&TAG_OP, rest)) => fedlog_op(&log, &ops, rest),
-                    Some((&TAG_STATUS, rest)) => {
-                        if let Some((op, st)) = decode_status(rest) {
-                            assert_eq!(st.op.parse::<OpHash>().ok(), Some(op));
-                            assert!(st.errors.len() <= MAX_STATUS_ERRORS);
-                            assert!(st.errors.iter().all(|e| e.len() <= MAX_STATUS_ERROR_LEN));
-                        }
+                // What the sync actor does with a gossip message: the envelope first.
+                move |b: &Vec<u8>| match Gossip::decode(b) {
+                    Ok(Gossip::Op(rest)) => fedlog_op(&log, &ops, &rest),
+                    Ok(Gossip::Status { op, status: st }) => {
+                        assert_eq!(st.op.parse::<OpHash>().ok(), Some(op));
+                        assert!(st.errors.len() <= MAX_STATUS_ERRORS);
+                        assert!(st.errors.iter().all(|e| e.len() <= MAX_STATUS_ERROR_LEN));
                     }
-                    _ => {}
+                    Err(_) => {}
                 },
             );
         }
