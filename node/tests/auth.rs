@@ -1779,13 +1779,8 @@ async fn no_secrets_in_logs_of_the_binary() {
         ("KOS_AUTH__JWT_ALGORITHM", "hs256"),
         ("KOS_AUTH__JWT_SECRET", SECRET),
     ];
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut cmd = Command::new(KOS);
-    cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")])
+    cmd.args(["run", "--listen", "127.0.0.1:0"])
         .env("KOS_HOME", &home)
         .env("KOS_LOG", "trace")
         .env_remove("KOS_PROFILE")
@@ -1795,11 +1790,18 @@ async fn no_secrets_in_logs_of_the_binary() {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
     let http = Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
+    // The node binds port 0 and says where in its run file once ready.
+    let mut base = None;
     loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+        if base.is_none() {
+            base = kos_node::runfile::read(&home)
+                .filter(|i| i.pid == child.id())
+                .map(|i| format!("http://{}", i.api));
+        }
+        if let Some(base) = &base
+            && let Ok(r) = http.get(format!("{base}/readyz")).send().await
             && r.status() == StatusCode::OK
         {
             break;
@@ -1814,6 +1816,7 @@ async fn no_secrets_in_logs_of_the_binary() {
         assert!(Instant::now() < deadline, "not ready within 30 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let base = base.expect("ready, so the run file was read");
     let config = kos_config::ConfigDir::new(&home)
         .load(&LoadOptions {
             env: env_map(&env),

@@ -1,12 +1,19 @@
 //! The `kos` binary as a user runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const KOS: &str = env!("CARGO_BIN_EXE_kos");
+use kos_node::runfile::RunInfo;
+
+/// The `kos` binary under test: `KOS_TEST_KOS_BIN` if set (a copy that a concurrent build
+/// cannot replace mid-run), else the one cargo built for this test.
+fn kos_bin() -> PathBuf {
+    std::env::var_os("KOS_TEST_KOS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kos")))
+}
 const PROFILES: [&str; 5] = [
     "standalone",
     "developer_node",
@@ -16,7 +23,7 @@ const PROFILES: [&str; 5] = [
 ];
 
 fn kos(home: &Path, args: &[&str]) -> Output {
-    Command::new(KOS)
+    Command::new(kos_bin())
         .args(args)
         .env("KOS_HOME", home)
         .env_remove("KOS_PROFILE")
@@ -33,14 +40,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn signal(pid: u32, sig: &str) {
     assert!(
         Command::new("kill")
@@ -51,13 +50,19 @@ fn signal(pid: u32, sig: &str) {
     );
 }
 
-async fn wait_ready(url: &str, child: &mut std::process::Child) {
+/// Waits until the node `child` (on config directory `home`) has written its run file
+/// (`run/node.json`: it is ready and says where it listens, its API configured on port 0),
+/// then until its plain-HTTP API answers /readyz with 200. Returns the run file.
+async fn wait_ready(home: &Path, child: &mut std::process::Child) -> RunInfo {
+    let info = wait_run_file(home, child).await;
+    assert!(!info.tls, "wait_ready speaks plain HTTP: {info:?}");
+    let url = format!("http://{}", kos_node::node_client::reachable(info.api));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = reqwest::get(format!("{url}/readyz")).await
             && r.status() == 200
         {
-            return;
+            return info;
         }
         if let Some(status) = child.try_wait().unwrap() {
             panic!("kos exited before ready: {status}");
@@ -67,27 +72,38 @@ async fn wait_ready(url: &str, child: &mut std::process::Child) {
     }
 }
 
+/// Waits until the node `child` has written its run file in `home` (the node's readiness
+/// event; a file of an earlier process is not it).
+async fn wait_run_file(home: &Path, child: &mut std::process::Child) -> RunInfo {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(info) = kos_node::runfile::read(home)
+            && info.pid == child.id()
+        {
+            assert_ne!(info.api.port(), 0, "{info:?}");
+            return info;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("kos exited before ready: {status}");
+        }
+        assert!(Instant::now() < deadline, "no run file within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn first_run_from_empty_home_then_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("kos-home");
-    let port = free_port();
-    let mut child = Command::new(KOS)
-        .args([
-            "run",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-format",
-            "json",
-        ])
+    let mut child = Command::new(kos_bin())
+        .args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .env("KOS_HOME", &home)
         .env_remove("KOS_PROFILE")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    wait_ready(&url, &mut child).await;
+    let url = format!("http://{}", wait_ready(&home, &mut child).await.api);
 
     // First run laid out the standalone profile, an identity and the SQLite database.
     for f in [
@@ -158,7 +174,7 @@ async fn first_run_from_empty_home_then_sigterm() {
 #[tokio::test]
 async fn refuses_non_loopback_api() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(KOS)
+    let out = Command::new(kos_bin())
         .args(["run", "--listen", "0.0.0.0:0"])
         .env("KOS_HOME", tmp.path())
         .output()
@@ -362,12 +378,12 @@ fn show_redacts_secrets() {
 
 #[test]
 fn help_lists_commands() {
-    let out = Command::new(KOS).arg("--help").output().unwrap();
+    let out = Command::new(kos_bin()).arg("--help").output().unwrap();
     let s = stdout(&out);
     for c in ["run", "init", "id", "config"] {
         assert!(s.contains(c), "{s}");
     }
-    let out = Command::new(KOS)
+    let out = Command::new(kos_bin())
         .args(["config", "--help"])
         .output()
         .unwrap();
@@ -460,18 +476,18 @@ async fn federation_cli_signs_approvals_publishes_config_and_shows_the_log() {
         .to_string();
     let again = kos(&home, &["admin", "keygen"]);
     assert!(!again.status.success(), "a key is never overwritten");
-    let (api, p2p) = (free_port(), free_port());
+    // Ports 0: the CLI finds the node through its run file.
     std::fs::write(
         home.join("system.env"),
-        format!("KOS_PROFILE=federation_node\nKOS_STORAGE__DATABASE=sqlite\nKOS_API__LISTEN=127.0.0.1:{api}\n"),
+        "KOS_PROFILE=federation_node\nKOS_STORAGE__DATABASE=sqlite\nKOS_API__LISTEN=127.0.0.1:0\n",
     )
     .unwrap();
     std::fs::write(
         home.join("klp/klp_settings.yaml"),
-        format!("enabled: true\nlisten: [/ip4/127.0.0.1/tcp/{p2p}]\npeer_discovery: none\nadmins: [\"{admin}\"]\n"),
+        format!("enabled: true\nlisten: [/ip4/127.0.0.1/tcp/0]\npeer_discovery: none\nadmins: [\"{admin}\"]\n"),
     )
     .unwrap();
-    let mut child = Command::new(KOS)
+    let mut child = Command::new(kos_bin())
         .args(["run", "--log-format", "json"])
         .env("KOS_HOME", &home)
         .env_remove("KOS_PROFILE")
@@ -479,7 +495,13 @@ async fn federation_cli_signs_approvals_publishes_config_and_shows_the_log() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_ready(&format!("http://127.0.0.1:{api}"), &mut child).await;
+    let info = wait_ready(&home, &mut child).await;
+    assert_eq!(info.klp.len(), 1, "{info:?}");
+    assert!(
+        info.klp[0].ends_with(&format!("/p2p/{}", info.node_id))
+            && !info.klp[0].contains("/tcp/0/"),
+        "{info:?}"
+    );
 
     let friend = kos(&tmp.path().join("other"), &["init"]);
     assert!(friend.status.success());
@@ -602,17 +624,25 @@ async fn federation_cli_signs_approvals_publishes_config_and_shows_the_log() {
 }
 
 /// `kos health` (the container health check) asks the node's own /readyz, found from its
-/// api.listen: exit 1 while nothing answers, 0 once the node is ready.
+/// run file, or from its api.listen while there is none: exit 1 while nothing answers, 0
+/// once the node is ready.
 #[tokio::test]
 async fn health_asks_the_nodes_readyz() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("kos-home");
-    let port = free_port();
     assert!(kos(&home, &["init"]).status.success());
     let env = home.join("system.env");
-    let mut text = std::fs::read_to_string(&env).unwrap();
-    text.push_str(&format!("KOS_API__LISTEN=127.0.0.1:{port}\n"));
-    std::fs::write(&env, text).unwrap();
+    let base_env = std::fs::read_to_string(&env).unwrap();
+    // Nothing answers on api.listen: a port this test holds bound but not listening
+    // refuses every connection (and cannot be taken by anything else meanwhile).
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = held.local_addr().unwrap().port();
+    std::fs::write(
+        &env,
+        format!("{base_env}KOS_API__LISTEN=127.0.0.1:{port}\n"),
+    )
+    .unwrap();
 
     let down = kos(&home, &["health", "--timeout", "1s"]);
     assert_eq!(down.status.code(), Some(1), "{}", stdout(&down));
@@ -628,8 +658,11 @@ async fn health_asks_the_nodes_readyz() {
         "{}",
         stderr(&bad)
     );
+    drop(held);
 
-    let mut child = Command::new(KOS)
+    // The node on port 0: `kos health` finds the port it bound in its run file.
+    std::fs::write(&env, format!("{base_env}KOS_API__LISTEN=127.0.0.1:0\n")).unwrap();
+    let mut child = Command::new(kos_bin())
         .arg("run")
         .env("KOS_HOME", &home)
         .env_remove("KOS_PROFILE")
@@ -637,19 +670,28 @@ async fn health_asks_the_nodes_readyz() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_ready(&format!("http://127.0.0.1:{port}"), &mut child).await;
+    let api = wait_ready(&home, &mut child).await.api;
     let up = kos(&home, &["health"]);
     assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
+    assert!(
+        stdout(&up).starts_with(&format!("http://{api}/readyz: ")),
+        "{}",
+        stdout(&up)
+    );
     assert!(stdout(&up).contains("\"ready\""), "{}", stdout(&up));
     // A URL that is not /readyz-ready (404) is a failure too.
-    let other = kos(
-        &home,
-        &["health", "--url", &format!("http://127.0.0.1:{port}/nope")],
-    );
+    let other = kos(&home, &["health", "--url", &format!("http://{api}/nope")]);
     assert_eq!(other.status.code(), Some(1), "{}", stdout(&other));
 
     signal(child.id(), "TERM");
     assert!(child.wait().unwrap().success());
+    // Stopped cleanly: the run file is gone, and health is back to api.listen (port 0 there:
+    // nothing answers).
+    assert!(kos_node::runfile::read_any(&home).is_none());
+    assert_eq!(
+        kos(&home, &["health", "--timeout", "1s"]).status.code(),
+        Some(1)
+    );
 }
 
 /// The CLI reaches its node wherever it listens: a wildcard address (as `docker-compose.yml`
@@ -671,10 +713,9 @@ async fn cli_reaches_a_node_on_wildcard_addresses_and_over_tls() {
         .unwrap()
         .trim()
         .to_string();
-    let p2p = free_port();
     std::fs::write(
         home.join("klp/klp_settings.yaml"),
-        format!("enabled: true\nlisten: [/ip4/127.0.0.1/tcp/{p2p}]\npeer_discovery: none\nadmins: [\"{admin}\"]\n"),
+        format!("enabled: true\nlisten: [/ip4/127.0.0.1/tcp/0]\npeer_discovery: none\nadmins: [\"{admin}\"]\n"),
     )
     .unwrap();
     let friend = kos(&tmp.path().join("other"), &["init"]);
@@ -684,7 +725,7 @@ async fn cli_reaches_a_node_on_wildcard_addresses_and_over_tls() {
         .unwrap()
         .to_string();
     let run = || {
-        Command::new(KOS)
+        Command::new(kos_bin())
             .args(["run", "--log-format", "json"])
             .env("KOS_HOME", &home)
             .env_remove("KOS_PROFILE")
@@ -699,14 +740,15 @@ async fn cli_reaches_a_node_on_wildcard_addresses_and_over_tls() {
         serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
     };
 
-    // 1. Plain HTTP on 0.0.0.0.
-    let api = free_port();
-    let env = format!(
-        "KOS_PROFILE=federation_node\nKOS_STORAGE__DATABASE=sqlite\nKOS_API__LISTEN=0.0.0.0:{api}\n"
-    );
-    std::fs::write(home.join("system.env"), &env).unwrap();
+    // 1. Plain HTTP on 0.0.0.0 (port 0: the run file says which port, with the wildcard
+    // address as bound, which the CLI reaches on 127.0.0.1).
+    let env =
+        "KOS_PROFILE=federation_node\nKOS_STORAGE__DATABASE=sqlite\nKOS_API__LISTEN=0.0.0.0:0\n";
+    std::fs::write(home.join("system.env"), env).unwrap();
     let mut child = run();
-    wait_ready(&format!("http://127.0.0.1:{api}"), &mut child).await;
+    let info = wait_ready(&home, &mut child).await;
+    assert!(info.api.ip().is_unspecified(), "{info:?}");
+    let api = info.api.port();
     let o = kos(&home, &["peers", "approve", &friend, "--label", "friend"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = kos(&home, &["federation", "status"]);
@@ -718,7 +760,7 @@ async fn cli_reaches_a_node_on_wildcard_addresses_and_over_tls() {
     );
     // A proxy in the environment is not used: the CLI sends admin tokens to its own node only
     // (the "proxy" here is a closed loopback port, so using it would fail the command).
-    let proxied = Command::new(KOS)
+    let proxied = Command::new(kos_bin())
         .args(["federation", "status"])
         .env("KOS_HOME", &home)
         .env_remove("KOS_PROFILE")
@@ -771,7 +813,6 @@ async fn cli_reaches_a_node_on_wildcard_addresses_and_over_tls() {
 
     // 2. HTTPS on [::], with the certificate `kos init --tls-self-signed` makes.
     assert!(kos(&home, &["init", "--tls-self-signed"]).status.success());
-    let api = free_port();
     // The IPv6 wildcard where this host has IPv6 loopback, else the IPv4 one (said so).
     let (wildcard, reached) = if std::net::TcpListener::bind("[::1]:0").is_ok() {
         ("[::]", "[::1]")
@@ -782,9 +823,12 @@ async fn cli_reaches_a_node_on_wildcard_addresses_and_over_tls() {
     let env = std::fs::read_to_string(home.join("system.env"))
         .unwrap()
         .replace("KOS_API__LISTEN=0.0.0.0:", "# was ")
-        + &format!("KOS_API__LISTEN={wildcard}:{api}\n");
+        + &format!("KOS_API__LISTEN={wildcard}:0\n");
     std::fs::write(home.join("system.env"), env).unwrap();
     let mut child = run();
+    let info = wait_run_file(&home, &mut child).await;
+    assert!(info.tls && info.api.ip().is_unspecified(), "{info:?}");
+    let api = info.api.port();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let h = kos(&home, &["health", "--timeout", "1s"]);
@@ -829,7 +873,7 @@ fn output_to_a_closed_pipe_exits_quietly() {
         // The read end is closed before the command starts: its first write fails (EPIPE).
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
-        let out = Command::new(KOS)
+        let out = Command::new(kos_bin())
             .args(args)
             .env("KOS_HOME", &home)
             .env_remove("KOS_PROFILE")

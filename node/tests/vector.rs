@@ -902,12 +902,11 @@ async fn qdrant_unreachable_or_silent_server_is_a_clear_error() {
         connect: Duration::from_millis(500),
         request: Duration::from_secs(1),
     };
-    // Nothing listens on a port that was just released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Nothing listens on a port this test holds bound but not listening: every connection is
+    // refused, and nothing else can take the port meanwhile.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = held.local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}");
     let s = QdrantStore::connect(&url, Some("k3y-never-printed".into()), timeouts).unwrap();
     assert!(!format!("{s:?}").contains("k3y-never-printed"));

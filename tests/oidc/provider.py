@@ -2,7 +2,10 @@
 """A real OpenID Connect provider on loopback, for kOS node's OIDC tests.
 
 This is `django-oidc-provider` (PyPI, a production Django app), not a mock: the test only
-writes a minimal Django project around it. Given a free port and an empty directory it
+writes a minimal Django project around it. Given an empty directory it
+
+  0. binds 127.0.0.1:<port> (port 0 by default: the kernel picks a free one, which is
+     then the port everything below uses and the ready line reports);
 
   1. writes a Django project into the directory (settings, urls, one hook module), with its
      sqlite database in the same directory;
@@ -11,7 +14,7 @@ writes a minimal Django project around it. Given a free port and an empty direct
      confidential client with a client secret, for the resource-owner password grant
      (`OIDC_GRANT_TYPE_PASSWORD_ENABLE`), whose ID tokens are RS256 JWTs carrying a `roles`
      claim (the user's group names, added by `OIDC_IDTOKEN_PROCESSING_HOOK`);
-  4. serves on 127.0.0.1:<port> (Django's threaded development server, no reloader), checks
+  4. serves on that socket (Django's threaded development server, no reloader), checks
      its own discovery document and JWKS over HTTP (200, no redirect, issuer as configured),
      and prints ONE JSON line on stdout:
 
@@ -21,7 +24,7 @@ writes a minimal Django project around it. Given a free port and an empty direct
 The issuer is http://127.0.0.1:<port>/openid (the provider is mounted under /openid, as in the
 package's documentation); discovery is <issuer>/.well-known/openid-configuration.
 
-Usage: provider.py --port PORT --dir DIR [--exit-on-stdin-eof]
+Usage: provider.py --dir DIR [--port PORT] [--exit-on-stdin-eof]
 
 With --exit-on-stdin-eof the provider exits when its stdin closes, so it does not outlive a
 test process that dies without killing it. Everything but the JSON line goes to stderr.
@@ -200,7 +203,7 @@ def self_check(issuer, discovery_url):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port", type=int, default=0, help="0 (default): any free port")
     ap.add_argument("--dir", required=True, help="an empty directory for the project and DB")
     ap.add_argument("--exit-on-stdin-eof", action="store_true")
     args = ap.parse_args()
@@ -211,9 +214,19 @@ def main():
     except ImportError as e:
         fail(f"{e} (pip install django-oidc-provider and a Django it supports)", code=2)
 
+    from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
+
+    # Bind first, before announcing anything: the issuer URL needs the bound port, and a
+    # taken port is an error here, not a hang later.
+    try:
+        httpd = ThreadedWSGIServer(("127.0.0.1", args.port), WSGIRequestHandler)
+    except OSError as e:
+        fail(f"cannot listen on 127.0.0.1:{args.port}: {e}")
+    port = httpd.server_address[1]
+
     base_dir = os.path.abspath(args.dir)
     os.makedirs(base_dir, exist_ok=True)
-    site_url = f"http://127.0.0.1:{args.port}"
+    site_url = f"http://127.0.0.1:{port}"
     issuer = f"{site_url}/{MOUNT}"
     write_project(base_dir, site_url)
     sys.path.insert(0, base_dir)
@@ -228,14 +241,8 @@ def main():
     client_secret = secrets.token_urlsafe(24)
     admin, viewer = populate(client_secret)
 
-    from django.core.servers.basehttp import WSGIRequestHandler, get_internal_wsgi_application
-    from django.core.servers.basehttp import ThreadedWSGIServer
+    from django.core.servers.basehttp import get_internal_wsgi_application
 
-    # Bind before announcing anything: a taken port is an error here, not a hang later.
-    try:
-        httpd = ThreadedWSGIServer(("127.0.0.1", args.port), WSGIRequestHandler)
-    except OSError as e:
-        fail(f"cannot listen on 127.0.0.1:{args.port}: {e}")
     httpd.daemon_threads = True
     httpd.set_app(get_internal_wsgi_application())
     server = threading.Thread(target=httpd.serve_forever, daemon=True)

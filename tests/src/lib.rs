@@ -1,15 +1,16 @@
 //! Support for kOS node's multi-node and end-to-end tests.
 //!
-//! - [`Postgres`]: a throwaway PostgreSQL server on a free loopback port, started from the
-//!   local binaries (`/usr/lib/postgresql/15/bin`, or `KOS_TEST_PG_BIN`), removed on drop;
-//!   `stop()`/`start_again()` restart it on the same data directory and port.
-//! - [`Redis`]: a throwaway `redis-server` (no persistence) on a free loopback port, with a
+//! - [`Postgres`]: a throwaway PostgreSQL server listening on a unix socket in its own
+//!   temporary directory only (no TCP port to race for), started from the local binaries
+//!   (`/usr/lib/postgresql/15/bin`, or `KOS_TEST_PG_BIN`), removed on drop;
+//!   `stop()`/`start_again()` restart it on the same data directory and socket.
+//! - [`Redis`]: a throwaway `redis-server` (no persistence) on a loopback port, with a
 //!   password; `stop()`/`start_again()` restart it on the same port (empty, as Redis without
-//!   persistence comes back).
+//!   persistence comes back). Redis binds its own port (it cannot be handed a socket): see
+//!   [`Redis::start`] for how the port is chosen.
 //! - [`require`]: the rule for services a test needs: in CI (`CI=true`) a missing service is a
 //!   failure; elsewhere the test prints that it did not run, by name, and returns.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,11 +54,6 @@ pub fn python_with(candidates: &[String], check: &str) -> Option<std::path::Path
     })
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; a small race is accepted in tests).
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn user_ids(name: &str) -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
@@ -81,10 +77,12 @@ pub struct Postgres {
     child: Option<Child>,
     bin: PathBuf,
     data: String,
-    sock: String,
+    /// The directory of the server's unix socket (its only way in).
+    pub sock: String,
     as_user: Vec<String>,
+    /// The port number in the socket's name (`<sock>/.s.PGSQL.<port>`); no TCP port is bound.
     pub port: u16,
-    /// `postgres://kos@127.0.0.1:<port>/kos` (trust authentication on loopback).
+    /// `postgres://kos@localhost:<port>/kos?host=<sock>` (trust authentication, unix socket).
     pub url: String,
 }
 
@@ -162,7 +160,9 @@ impl Postgres {
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let port = free_port()?;
+        // The socket lives in this server's own directory: the port is only part of its
+        // file name, so the default is as good as any and nobody else can take it.
+        let port = 5432;
         let port_s = port.to_string();
         let sock = dir.path().to_string_lossy().into_owned();
         let mut pg = Postgres {
@@ -170,24 +170,24 @@ impl Postgres {
             child: None,
             bin: bin.clone(),
             data: data_s,
+            url: format!("postgres://kos@localhost:{port}/postgres?host={sock}"),
             sock,
             as_user,
             port,
-            url: format!("postgres://kos@127.0.0.1:{port}/postgres"),
         };
         pg.start_again()?;
         let created = Command::new(bin.join("createdb"))
-            .args(["-h", "127.0.0.1", "-p", &port_s, "-U", "kos", "kos"])
+            .args(["-h", &pg.sock, "-p", &port_s, "-U", "kos", "kos"])
             .status()?;
         if !created.success() {
             bail!("createdb failed");
         }
-        pg.url = format!("postgres://kos@127.0.0.1:{port}/kos");
+        pg.url = format!("postgres://kos@localhost:{port}/kos?host={}", pg.sock);
         Ok(pg)
     }
 
     /// Stops the server ("fast" shutdown: clients are disconnected, open transactions roll
-    /// back, committed data is kept). The data directory and port stay.
+    /// back, committed data is kept). The data directory and socket directory stay.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SIGTERM: smart shutdown would wait for clients; SIGINT is "fast" shutdown.
@@ -195,7 +195,7 @@ impl Postgres {
         }
     }
 
-    /// Starts the server on its data directory and port (again, after [`Postgres::stop`])
+    /// Starts the server on its data directory and socket (again, after [`Postgres::stop`])
     /// and waits until it accepts connections.
     pub fn start_again(&mut self) -> Result<()> {
         if self.child.is_some() {
@@ -211,7 +211,7 @@ impl Postgres {
             "-k",
             &self.sock,
             "-c",
-            "listen_addresses=127.0.0.1",
+            "listen_addresses=",
             "-c",
             "fsync=off",
             "-c",
@@ -234,7 +234,7 @@ impl Postgres {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ready = Command::new(self.bin.join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &port_s, "-q"])
+                .args(["-h", &self.sock, "-p", &port_s, "-q"])
                 .status();
             if ready.is_ok_and(|s| s.success()) {
                 return Ok(());
@@ -262,6 +262,7 @@ impl Drop for Postgres {
 /// A throwaway Redis server: no persistence, a password, loopback only.
 #[derive(Debug)]
 pub struct Redis {
+    dir: tempfile::TempDir,
     child: Option<Child>,
     bin: PathBuf,
     pub port: u16,
@@ -270,7 +271,35 @@ pub struct Redis {
     pub url: String,
 }
 
+/// A loopback port for a server that binds its own (it cannot be handed a bound socket):
+/// picked at random outside the kernel's ephemeral range (`ip_local_port_range`), so no
+/// port-0 bind anywhere on the machine is ever given it; only another server started the
+/// same way can collide, and its start then fails with "address in use" and is retried.
+fn port_outside_ephemeral_range() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|n| n.parse::<u32>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    let (from, to) = if lo > 11_000 {
+        (10_000, lo)
+    } else if hi < 64_535 {
+        (hi + 1, 65_536)
+    } else {
+        (1024, 65_536)
+    };
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (from + (r % u64::from(to - from)) as u32) as u16
+}
+
 impl Redis {
+    /// Starts a server on a port from [`port_outside_ephemeral_range`]; when that port is in
+    /// use (redis-server says so and exits), tries another.
     pub fn start() -> Result<Self> {
         let bin = std::env::var_os("KOS_TEST_REDIS_SERVER")
             .map(PathBuf::from)
@@ -282,16 +311,34 @@ impl Redis {
                 })
             })
             .context("redis-server not found on PATH (apt-get install redis-server)")?;
-        let port = free_port()?;
+        let dir = tempfile::Builder::new().prefix("kos-redis-").tempdir()?;
         let mut r = Redis {
+            dir,
             child: None,
             bin,
-            port,
-            password: format!("test-pw-{port}"),
-            url: format!("redis://127.0.0.1:{port}/0"),
+            port: 0,
+            password: String::new(),
+            url: String::new(),
         };
-        r.start_again()?;
-        Ok(r)
+        for _ in 0..10 {
+            let port = port_outside_ephemeral_range();
+            r.port = port;
+            r.password = format!("test-pw-{port}");
+            r.url = format!("redis://127.0.0.1:{port}/0");
+            match r.start_again() {
+                Ok(()) => return Ok(r),
+                Err(e) if r.log().contains("Address already in use") => {
+                    let _ = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        bail!("redis-server: ten ports in a row were in use")
+    }
+
+    /// The server's log (its stdout), for error messages.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 
     /// The URL with the password, for clients outside the node.
@@ -299,8 +346,7 @@ impl Redis {
         format!("redis://:{}@127.0.0.1:{}/0", self.password, self.port)
     }
 
-    /// Stops the server (its data is gone: no persistence). The port stays reserved in name
-    /// only: a restart reuses it.
+    /// Stops the server (its data is gone: no persistence).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             stop_child(&mut c, "-TERM");
@@ -308,12 +354,16 @@ impl Redis {
     }
 
     /// Starts the server on its port (again, after [`Redis::stop`]) and waits until it
-    /// answers.
+    /// answers. A restart needs the same port: the node under test is configured with it.
+    /// Between stop and start only another server choosing its own port outside the
+    /// ephemeral range could take it (see [`port_outside_ephemeral_range`]); then this fails,
+    /// saying so, rather than talking to someone else's server.
     pub fn start_again(&mut self) -> Result<()> {
         if self.child.is_some() {
             return Ok(());
         }
         let port_s = self.port.to_string();
+        let log = std::fs::File::create(self.dir.path().join("redis.log"))?;
         let child = Command::new(&self.bin)
             .args([
                 "--port",
@@ -327,29 +377,56 @@ impl Redis {
                 "--requirepass",
                 &self.password,
                 "--dir",
-                &std::env::temp_dir().to_string_lossy(),
+                &self.dir.path().to_string_lossy(),
             ])
-            .stdout(Stdio::null())
+            .stdout(log)
             .stderr(Stdio::null())
             .spawn()
             .context("starting redis-server")?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
             if let Some(c) = self.child.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
                 self.child = None;
-                bail!("redis-server exited at start: {status}");
+                bail!("redis-server exited at start: {status}: {}", self.log());
+            }
+            // Our server, not another process that took the port: it answers PING with the
+            // password this one was given.
+            if self.answers_ping() {
+                return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("redis-server did not accept connections within 20 s");
+                bail!("redis-server did not answer within 20 s: {}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn answers_ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let pw = &self.password;
+        let cmd = format!(
+            "*2\r\n$4\r\nAUTH\r\n${}\r\n{pw}\r\n*1\r\n$4\r\nPING\r\n",
+            pw.len()
+        );
+        if s.write_all(cmd.as_bytes()).is_err() {
+            return false;
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while !got.ends_with(b"+PONG\r\n") && got.len() < 256 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got == b"+OK\r\n+PONG\r\n"
     }
 }
 
@@ -361,19 +438,23 @@ impl Drop for Redis {
 
 /// In-process federation nodes for the multi-node tests (`federation.rs`, `fedsync.rs`).
 pub mod fed {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::time::{Duration, Instant};
 
     use anyhow::{Context, Result};
     use kos_config::ProfileKind;
+    use kos_node::daemon::{NodeOptions, RunningNode, start};
 
-    /// Lays out a federation_node on SQLite in `dir` with KLP on a free loopback port (no
+    /// KLP's listen address in a layout: loopback, a port the kernel picks at bind time.
+    /// The bound address is read back from the running node ([`klp_addr`]).
+    pub const KLP_LISTEN: &str = "/ip4/127.0.0.1/tcp/0";
+
+    /// Lays out a federation_node on SQLite in `dir` with KLP on loopback port 0 (no
     /// discovery, 2 s handshake timeout); `klp_extra` is appended to `klp_settings.yaml`.
-    /// Returns the node's id and its KLP listen address.
-    pub fn layout(dir: &Path, name: &str, klp_extra: &str) -> Result<(String, String)> {
+    /// Returns the node's id.
+    pub fn layout(dir: &Path, name: &str, klp_extra: &str) -> Result<String> {
         kos_config::layout::init_layout(dir, ProfileKind::FederationNode)?;
         let (identity, _) = kos_node::identity::Identity::load_or_create(dir)?;
-        let p2p = format!("/ip4/127.0.0.1/tcp/{}", super::free_port()?);
         std::fs::write(
             dir.join("system.env"),
             format!(
@@ -383,11 +464,73 @@ pub mod fed {
         std::fs::write(
             dir.join("klp/klp_settings.yaml"),
             format!(
-                "enabled: true\nhandshake_required: true\npeer_discovery: none\nlisten: [{p2p}]\n\
+                "enabled: true\nhandshake_required: true\npeer_discovery: none\nlisten: [{KLP_LISTEN}]\n\
                  handshake_timeout: 2s\n{klp_extra}"
             ),
         )?;
-        Ok((identity.id().to_string(), p2p))
+        Ok(identity.id().to_string())
+    }
+
+    /// The KLP address a running node is bound to (the first one, with its actual port).
+    pub async fn klp_addr(node: &RunningNode) -> Result<String> {
+        let klp = node.state.klp.as_ref().context("the node has no KLP")?;
+        klp.listen_addrs()
+            .await?
+            .into_iter()
+            .next()
+            .context("KLP listens nowhere")
+    }
+
+    /// One `peers.list` line: the peer, its address if known, a label.
+    pub fn peers_line(id: &str, addr: Option<&str>, label: Option<&str>) -> String {
+        let mut l = id.to_string();
+        if let Some(a) = addr {
+            l.push(' ');
+            l.push_str(a);
+        }
+        if let Some(label) = label {
+            l.push_str(" # ");
+            l.push_str(label);
+        }
+        l.push('\n');
+        l
+    }
+
+    /// A node to start with [`start_listed`]: its laid-out directory, id and peers.list label.
+    #[derive(Clone, Debug)]
+    pub struct Member {
+        pub dir: PathBuf,
+        pub id: String,
+        pub label: Option<String>,
+    }
+
+    /// Starts `members` one after another, each listing every member in its `peers.list`:
+    /// the ones already running with their bound KLP address (it dials them), the ones after
+    /// it by id alone (they dial it). Every pair is approved on both sides from the first
+    /// start, and no address is known before its node has bound it. Returns each node with
+    /// its bound KLP address, in order.
+    pub async fn start_listed(members: &[Member]) -> Result<Vec<(RunningNode, String)>> {
+        let mut started: Vec<(RunningNode, String)> = Vec::new();
+        for m in members {
+            let list: String = members
+                .iter()
+                .enumerate()
+                .map(|(j, o)| {
+                    peers_line(
+                        &o.id,
+                        started.get(j).map(|(_, a)| a.as_str()),
+                        o.label.as_deref(),
+                    )
+                })
+                .collect();
+            std::fs::write(m.dir.join("klp/peers.list"), list)?;
+            let node = start(NodeOptions::local(m.dir.clone()))
+                .await
+                .with_context(|| format!("starting {}", m.dir.display()))?;
+            let addr = klp_addr(&node).await?;
+            started.push((node, addr));
+        }
+        Ok(started)
     }
 
     /// An HTTP client that sends an admin token minted with the node's token key.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use kos_config::ProfileKind;
 use kos_node::daemon::{NodeOptions, RunningNode, start};
-use kos_tests::fed::wait_until;
+use kos_tests::fed::{Member, start_listed, wait_until};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -19,17 +19,40 @@ struct FedNode {
     p2p: String,
 }
 
-/// Lays out a federation_node on SQLite with KLP on a free loopback port.
-fn layout(name: &str) -> (tempfile::TempDir, String, String) {
+/// Lays out a federation_node on SQLite with KLP on loopback port 0.
+fn layout(name: &str) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
-    let (id, p2p) = kos_tests::fed::layout(dir.path(), name, "").unwrap();
-    (dir, id, p2p)
+    let id = kos_tests::fed::layout(dir.path(), name, "").unwrap();
+    (dir, id)
 }
 
-async fn boot(dir: tempfile::TempDir, id: String, p2p: String) -> FedNode {
+/// Starts the laid-out nodes so that each lists every other (see
+/// [`kos_tests::fed::start_listed`]), labelled `node-<i+1>` in peers.list if `labels`.
+async fn start_mesh(laid: Vec<(tempfile::TempDir, String)>, labels: bool) -> Vec<FedNode> {
+    let members: Vec<Member> = laid
+        .iter()
+        .enumerate()
+        .map(|(i, (dir, id))| Member {
+            dir: dir.path().to_path_buf(),
+            id: id.clone(),
+            label: labels.then(|| format!("node-{}", i + 1)),
+        })
+        .collect();
+    let started = start_listed(&members).await.unwrap();
+    laid.into_iter()
+        .zip(started)
+        .map(|((dir, id), (node, p2p))| wrap(node, dir, id, p2p))
+        .collect()
+}
+
+async fn boot(dir: tempfile::TempDir) -> FedNode {
     let node = start(NodeOptions::local(dir.path().to_path_buf()))
         .await
         .unwrap();
+    wrap(node, dir, String::new(), String::new())
+}
+
+fn wrap(node: RunningNode, dir: tempfile::TempDir, id: String, p2p: String) -> FedNode {
     let base = format!("http://{}", node.addr);
     let http = kos_tests::fed::admin_client(&node, dir.path()).unwrap();
     FedNode {
@@ -74,18 +97,7 @@ fn admitted_ids(peers: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_federate_and_peers_list_edits_apply_while_running() {
     let laid: Vec<_> = (1..=3).map(|i| layout(&format!("node-{i}"))).collect();
-    let list: String = laid
-        .iter()
-        .enumerate()
-        .map(|(i, (_, id, p2p))| format!("{id} {p2p} # node-{}\n", i + 1))
-        .collect();
-    for (dir, _, _) in &laid {
-        std::fs::write(dir.path().join("klp/peers.list"), &list).unwrap();
-    }
-    let mut nodes = Vec::new();
-    for (dir, id, p2p) in laid {
-        nodes.push(boot(dir, id, p2p).await);
-    }
+    let nodes = start_mesh(laid, true).await;
     for n in &nodes {
         let url = format!("{}/api/peers", n.base);
         let others: Vec<String> = {
@@ -211,7 +223,7 @@ async fn three_nodes_federate_and_peers_list_edits_apply_while_running() {
 async fn standalone_has_no_swarm() {
     let dir = tempfile::tempdir().unwrap();
     kos_config::layout::init_layout(dir.path(), ProfileKind::Standalone).unwrap();
-    let n = boot(dir, String::new(), String::new()).await;
+    let n = boot(dir).await;
     let peers = get(&n.http, &format!("{}/api/peers", n.base)).await;
     assert_eq!(peers, json!({"enabled": false, "peers": []}));
     let r = reqwest::Client::new()
@@ -227,33 +239,56 @@ async fn standalone_has_no_swarm() {
 
 #[tokio::test]
 async fn an_invalid_peers_list_stops_start_before_any_port_is_bound() {
-    let (dir, id, p2p) = layout("bad");
+    let (dir, _) = layout("bad");
+    // The API and KLP are both configured on a port this test holds (bound and listening):
+    // a node that bound either before reading peers.list would fail with "address in use"
+    // instead of naming the bad line. The port is never released, so nothing else can be
+    // listening there either.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let settings = dir.path().join("klp/klp_settings.yaml");
+    let text = std::fs::read_to_string(&settings).unwrap().replace(
+        kos_tests::fed::KLP_LISTEN,
+        &format!("/ip4/127.0.0.1/tcp/{port}"),
+    );
+    std::fs::write(&settings, text).unwrap();
+    let opts = NodeOptions {
+        listen_override: Some(held.local_addr().unwrap()),
+        ..NodeOptions::local(dir.path().to_path_buf())
+    };
     std::fs::write(
         dir.path().join("klp/peers.list"),
         "# ok\n12D3KooWnot-a-real-id /ip4/127.0.0.1/tcp/1\n",
     )
     .unwrap();
-    let err = start(NodeOptions::local(dir.path().to_path_buf()))
-        .await
-        .unwrap_err();
+    let bind_failed = |msg: &str| {
+        msg.contains(&format!("cannot listen on /ip4/127.0.0.1/tcp/{port}"))
+            || msg.contains("in use")
+    };
+    let err = start(opts.clone()).await.unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("klp/peers.list:2:"), "{msg}");
-    // The KLP port was never bound.
-    let port: u16 = p2p.rsplit('/').next().unwrap().parse().unwrap();
-    std::net::TcpListener::bind(("127.0.0.1", port)).expect("port still free");
-    drop(id);
+    assert!(!bind_failed(&msg), "{msg}");
+    // The controls: with a valid list the same start binds, and fails on the held port;
+    // KLP first, then (KLP moved to port 0) the API.
+    std::fs::write(dir.path().join("klp/peers.list"), "# ok\n").unwrap();
+    let msg = format!("{:#}", start(opts.clone()).await.unwrap_err());
+    assert!(bind_failed(&msg), "{msg}");
+    std::fs::write(
+        &settings,
+        std::fs::read_to_string(&settings)
+            .unwrap()
+            .replace(&format!("/tcp/{port}"), "/tcp/0"),
+    )
+    .unwrap();
+    let msg = format!("{:#}", start(opts).await.unwrap_err());
+    assert!(msg.contains("in use"), "{msg}");
+    drop(held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_call_each_other_with_the_role_the_callee_grants() {
     let laid: Vec<_> = ["a", "b", "c", "d"].iter().map(|n| layout(n)).collect();
-    let list: String = laid
-        .iter()
-        .map(|(_, id, p2p)| format!("{id} {p2p}\n"))
-        .collect();
-    for (dir, _, _) in &laid {
-        std::fs::write(dir.path().join("klp/peers.list"), &list).unwrap();
-    }
     // b grants a the viewer role for calls over KLP, d the admin role; c gets nothing (no
     // default).
     let a_id = laid[0].1.clone();
@@ -264,10 +299,7 @@ async fn peers_call_each_other_with_the_role_the_callee_grants() {
         "remote_roles:\n  peers:\n    {a_id}: viewer\n    {d_id}: admin\n"
     ));
     std::fs::write(&b_settings, s).unwrap();
-    let mut nodes = Vec::new();
-    for (dir, id, p2p) in laid {
-        nodes.push(boot(dir, id, p2p).await);
-    }
+    let nodes = start_mesh(laid, false).await;
     let (a, b, c, d) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
     for n in [a, c, d] {
         let url = format!("{}/api/peers/{}", n.base, b.id);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kos_node::daemon::{NodeOptions, RunningNode, start};
-use kos_tests::free_port;
+use kos_tests::fed::Member;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -23,12 +23,12 @@ struct Node {
     p2p: String,
 }
 
-/// A federation_node with KLP on a free loopback port; federation admins pinned, fast
+/// A federation_node with KLP on loopback port 0; federation admins pinned, fast
 /// anti-entropy.
-fn layout(root: &Path, name: &str, admins: &[String]) -> (PathBuf, String, String) {
+fn layout(root: &Path, name: &str, admins: &[String]) -> (PathBuf, String) {
     let dir = root.join(name);
     let admins: Vec<String> = admins.iter().map(|a| format!("\"{a}\"")).collect();
-    let (id, p2p) = kos_tests::fed::layout(
+    let id = kos_tests::fed::layout(
         &dir,
         name,
         &format!(
@@ -37,7 +37,7 @@ fn layout(root: &Path, name: &str, admins: &[String]) -> (PathBuf, String, Strin
         ),
     )
     .unwrap();
-    (dir, id, p2p)
+    (dir, id)
 }
 
 fn admin_key(dir: &Path) -> String {
@@ -46,8 +46,14 @@ fn admin_key(dir: &Path) -> String {
         .to_string()
 }
 
-async fn boot(dir: PathBuf, id: String, p2p: String) -> Node {
+/// Starts the node laid out in `dir`; its KLP address is the one it bound.
+async fn boot(dir: PathBuf, id: String) -> Node {
     let node = start(NodeOptions::local(dir.clone())).await.unwrap();
+    let p2p = kos_tests::fed::klp_addr(&node).await.unwrap();
+    wrap(node, dir, id, p2p)
+}
+
+fn wrap(node: RunningNode, dir: PathBuf, id: String, p2p: String) -> Node {
     let base = format!("http://{}", node.addr);
     let http = kos_tests::fed::admin_client(&node, &dir).unwrap();
     Node {
@@ -165,21 +171,23 @@ async fn mesh(root: &Path, n: usize, admin_on: &[usize]) -> (Vec<Node>, Vec<Stri
         }
         dirs.push(d);
     }
-    let laid: Vec<_> = (0..n)
-        .map(|i| layout(root, &format!("node-{i}"), &admins))
+    let members: Vec<Member> = (0..n)
+        .map(|i| {
+            let name = format!("node-{i}");
+            let (dir, id) = layout(root, &name, &admins);
+            Member {
+                dir,
+                id,
+                label: Some(name),
+            }
+        })
         .collect();
-    let list: String = laid
-        .iter()
-        .enumerate()
-        .map(|(i, (_, id, p2p))| line(id, p2p, &format!("node-{i}")))
+    let started = kos_tests::fed::start_listed(&members).await.unwrap();
+    let nodes: Vec<Node> = members
+        .into_iter()
+        .zip(started)
+        .map(|(m, (node, p2p))| wrap(node, m.dir, m.id, p2p))
         .collect();
-    for (dir, _, _) in &laid {
-        std::fs::write(dir.join("klp/peers.list"), &list).unwrap();
-    }
-    let mut nodes = Vec::new();
-    for (dir, id, p2p) in laid {
-        nodes.push(boot(dir, id, p2p).await);
-    }
     for i in 0..n {
         let mut others: Vec<String> = nodes
             .iter()
@@ -220,13 +228,14 @@ async fn approval_reaches_five_nodes_a_new_node_joins_and_revocation_cuts_it_off
     }
 
     // The newcomer knows only node 1 (a bootstrap address) and the federation's admin.
-    let (x_dir, x_id, x_p2p) = layout(root.path(), "newcomer", &admins);
+    let (x_dir, x_id) = layout(root.path(), "newcomer", &admins);
     std::fs::write(
         x_dir.join("klp/peers.list"),
         line(&nodes[1].id, &nodes[1].p2p, "bootstrap"),
     )
     .unwrap();
-    let mut x = boot(x_dir, x_id.clone(), x_p2p.clone()).await;
+    let mut x = boot(x_dir, x_id.clone()).await;
+    let x_p2p = x.p2p.clone();
     // Not approved yet: nobody admits it. Proof: its bootstrap peer refuses it.
     wait_until("the bootstrap peer refuses the newcomer", async || {
         let v = x.get("/api/peers").await;
@@ -448,21 +457,11 @@ async fn partition_heals_to_one_state_concurrent_revoke_wins_and_a_stopped_node_
         .post(&format!("/api/peers/{p4}/approve"), json!({}))
         .await;
     assert_eq!(s, StatusCode::CREATED);
-    let (dir, id, p2p) = (
-        nodes[1].dir.clone(),
-        nodes[1].id.clone(),
-        nodes[1].p2p.clone(),
-    );
-    let b = Node {
-        node: None,
-        http: reqwest::Client::new(),
-        dir: dir.clone(),
-        base: String::new(),
-        id: id.clone(),
-        p2p: p2p.clone(),
-    };
-    b.set_local_peers(&format!("{}!{}\n!{}\n", full[1], nodes[0].id, nodes[2].id));
-    nodes[1] = boot(dir, id, p2p).await;
+    let (dir, id) = (nodes[1].dir.clone(), nodes[1].id.clone());
+    nodes[1].set_local_peers(&format!("{}!{}\n!{}\n", full[1], nodes[0].id, nodes[2].id));
+    // Back on a new KLP port (port 0 again): the others' peers.list still has the old one,
+    // which is fine: once unblocked, node 1 dials them (it has their addresses).
+    nodes[1] = boot(dir, id).await;
     wait_until("log restored from the database", async || {
         nodes[1].fed().await["ops"].as_u64() == Some(ops_before)
     })
@@ -729,7 +728,7 @@ async fn rogue(nodes: &[Node]) -> (kos_klp::Klp, String, ed25519_dalek::SigningK
     let id = kos_klp::NodeId::from_public_key(key.verifying_key());
     let mut cfg = kos_klp::KlpConfig::new(
         key.to_bytes(),
-        vec![format!("/ip4/127.0.0.1/tcp/{}", free_port().unwrap())],
+        vec![kos_tests::fed::KLP_LISTEN.to_string()],
         kos_klp::ManifestInfo {
             name: "rogue".into(),
             version: "0".into(),

@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use kos_config::ProfileKind;
 use kos_node::daemon::{NodeOptions, RunningNode, start};
-use kos_tests::{free_port, require};
+use kos_tests::require;
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
 
@@ -76,25 +76,15 @@ impl OidcProvider {
         if !script.exists() {
             bail!("{} is missing", script.display());
         }
-        // A free port can be taken between probing and binding: try a few.
-        let mut last = None;
-        for _ in 0..3 {
-            match Self::start_on(&python, &script, free_port()?) {
-                Ok(p) => return Ok(p),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("three attempts"))
-    }
-
-    fn start_on(python: &Path, script: &Path, port: u16) -> Result<Self> {
+        // provider.py binds port 0 itself and reports the address it got (in the issuer and
+        // token endpoint of its ready line): no port is picked here.
         let dir = tempfile::Builder::new().prefix("kos-oidc-").tempdir()?;
         let log_path = dir.path().join("provider.log");
         let log = std::fs::File::create(&log_path)?;
-        let mut child = Command::new(python)
+        let mut child = Command::new(&python)
             .arg("-u")
-            .arg(script)
-            .args(["--port", &port.to_string(), "--dir"])
+            .arg(&script)
+            .arg("--dir")
             .arg(dir.path().join("provider"))
             .arg("--exit-on-stdin-eof")
             .stdin(Stdio::piped())

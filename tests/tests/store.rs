@@ -120,8 +120,11 @@ fn quick_backoff(total: Duration) -> Backoff {
 
 #[tokio::test]
 async fn postgres_down_gives_up_with_an_error_naming_the_host_not_the_password() {
-    // Nothing listens on this port: no server is needed to test the failure path.
-    let port = kos_tests::free_port().unwrap();
+    // No server is needed to test the failure path: a port this test holds bound but not
+    // listening refuses every connection, and nothing else can take it meanwhile.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = held.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let cfg = Database {
         url: Some(format!("postgres://kos@127.0.0.1:{port}/kos")),
@@ -173,6 +176,7 @@ async fn postgres_down_gives_up_with_an_error_naming_the_host_not_the_password()
     .unwrap_err();
     assert!(matches!(err, StoreError::Cancelled { .. }), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(5));
+    drop(held);
 }
 
 #[tokio::test]
@@ -288,7 +292,9 @@ async fn postgres_restart_loses_no_acknowledged_write() {
         errors.last().map(|e| e.0.to_string())
     );
     assert!(!errors.is_empty(), "writes during the outage fail");
-    let target = format!("127.0.0.1:{}/kos", pg.port);
+    // The server listens on a unix socket in its own directory; the URL names it by
+    // `localhost:<port>` with `?host=<dir>`.
+    let target = format!("localhost:{}/kos", pg.port);
     for (e, _) in &errors {
         assert!(
             matches!(e, StoreError::Unavailable { .. }),

@@ -16,15 +16,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use kos_config::ProfileKind;
 use kos_map_protocol::fedlog::OpBody;
-use kos_node::daemon::{NodeOptions, RunningNode, start};
+use kos_node::daemon::RunningNode;
+use kos_tests::fed::Member;
 
 const OPS: usize = 20;
 
-fn layout(root: &Path, i: usize, admin: &str) -> Result<(std::path::PathBuf, String, String)> {
+/// A node's directory with KLP on loopback port 0 (the bound address is read back once it
+/// runs; see `kos_tests::fed::start_listed`).
+fn layout(root: &Path, i: usize, admin: &str) -> Result<Member> {
     let dir = root.join(format!("node-{i}"));
     kos_config::layout::init_layout(&dir, ProfileKind::FederationNode)?;
     let (identity, _) = kos_node::identity::Identity::load_or_create(&dir)?;
-    let p2p = format!("/ip4/127.0.0.1/tcp/{}", kos_tests::free_port()?);
+    let p2p = kos_tests::fed::KLP_LISTEN;
     std::fs::write(
         dir.join("system.env"),
         format!(
@@ -38,7 +41,11 @@ fn layout(root: &Path, i: usize, admin: &str) -> Result<(std::path::PathBuf, Str
              handshake_timeout: 5s\nsync_interval: 5s\nadmins: [\"{admin}\"]\n"
         ),
     )?;
-    Ok((dir, identity.id().to_string(), p2p))
+    Ok(Member {
+        dir,
+        id: identity.id().to_string(),
+        label: None,
+    })
 }
 
 fn pct(mut v: Vec<Duration>) -> (f64, f64, f64) {
@@ -54,20 +61,15 @@ async fn run(n: usize) -> Result<()> {
     let admin =
         kos_node::fedsync::create_admin_key(&admin_dir.join(kos_node::fedsync::ADMIN_KEY_FILE))?
             .to_string();
-    let laid: Vec<_> = (0..n)
+    let laid: Vec<Member> = (0..n)
         .map(|i| layout(root.path(), i, &admin))
         .collect::<Result<_>>()?;
-    let list: String = laid
-        .iter()
-        .map(|(_, id, p2p)| format!("{id} {p2p}\n"))
+    // Started one after another, each dialing the ones before it.
+    let nodes: Vec<RunningNode> = kos_tests::fed::start_listed(&laid)
+        .await?
+        .into_iter()
+        .map(|(node, _)| node)
         .collect();
-    for (dir, _, _) in &laid {
-        std::fs::write(dir.join("klp/peers.list"), &list)?;
-    }
-    let mut nodes: Vec<RunningNode> = Vec::new();
-    for (dir, _, _) in &laid {
-        nodes.push(start(NodeOptions::local(dir.clone())).await?);
-    }
     // Full admission first.
     let t = Instant::now();
     loop {
