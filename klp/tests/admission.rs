@@ -184,7 +184,9 @@ async fn open_federation_admits_any_valid_handshake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listed_peer_that_restarts_is_redialed() {
     let a = start(31, "/ip4/127.0.0.1/tcp/0").await;
-    let b = start(32, "/ip4/127.0.0.1/tcp/0").await;
+    // b's port stays reserved for b across its restart.
+    let (_held, port) = held_port();
+    let b = start(32, &format!("/ip4/127.0.0.1/tcp/{port}")).await;
     let list = vec![entry(&a), entry(&b)];
     a.klp.set_approved(list.clone(), true).await.unwrap();
     b.klp.set_approved(list.clone(), true).await.unwrap();
@@ -193,7 +195,8 @@ async fn a_listed_peer_that_restarts_is_redialed() {
     let b_addr = b.addr.clone();
     b.klp.shutdown().await.unwrap();
     wait_peer(&a.klp, &id_of(32), T, "b gone", |p| !p.connected).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // b's swarm has ended: its listener is closed.
+    b.task.await.unwrap();
     let mut cfg = config(32, &b_addr);
     cfg.approved = list;
     let b2 = start_with(cfg).await;

@@ -185,7 +185,7 @@ async fn listen(
         })?;
         let id = swarm.listen_on(ma).map_err(|e| KlpError::Listen {
             addr: a.clone(),
-            reason: e.to_string(),
+            reason: error_chain(&e),
         })?;
         pending_listeners.insert(id);
     }
@@ -217,12 +217,26 @@ async fn listen(
             SwarmEvent::ListenerError { listener_id, error }
                 if pending_listeners.contains(&listener_id) =>
             {
-                return Err(failed(error.to_string()));
+                return Err(failed(error_chain(&error)));
             }
             _ => {}
         }
     }
     Ok(listen_addrs)
+}
+
+/// An error and its sources, `: `-separated (libp2p's transport errors print nothing of
+/// their own and keep the cause, such as "Address already in use", in `source()`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.dedup();
+    parts.join(": ")
 }
 
 /// The port DNS-SD announces: the first TCP listener's, else the first UDP one's, else 0.
@@ -320,17 +334,22 @@ mod tests {
     use super::*;
     use crate::ManifestInfo;
 
-    /// A port nothing listens on (now).
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap()
+    /// A loopback port held by this test: bound with SO_REUSEADDR but not listening, so the
+    /// swarm (which binds with SO_REUSEADDR too) can listen on it while nothing else can
+    /// take it. `listen` on the held socket succeeds only once no one else listens there.
+    fn held_port() -> (socket2::Socket, u16) {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        s.bind(&addr.into()).unwrap();
+        let port = s.local_addr().unwrap().as_socket().unwrap().port();
+        (s, port)
     }
 
     #[tokio::test]
     async fn a_start_that_fails_after_listening_leaves_nothing_listening() {
-        let port = free_port();
+        let (held, port) = held_port();
         let cfg = KlpConfig::new(
             [7; 32],
             vec![
@@ -341,12 +360,12 @@ mod tests {
         );
         let err = Klp::start(cfg).await.unwrap_err();
         assert!(matches!(err, KlpError::Addr { ref addr, .. } if addr.ends_with("not-a-port")));
-        // The first listener was bound, and is closed again.
-        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        // The first listener was bound, and is closed again: the port can be listened on.
+        held.listen(1).unwrap();
         // Same when a listener fails while others are up: the port is taken.
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let busy = taken.local_addr().unwrap().port();
-        let port = free_port();
+        let (held, port) = held_port();
         let cfg = KlpConfig::new(
             [7; 32],
             vec![
@@ -356,8 +375,28 @@ mod tests {
             ManifestInfo::default(),
         );
         let err = Klp::start(cfg).await.unwrap_err();
-        assert!(matches!(err, KlpError::Listen { .. }), "{err}");
-        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        assert!(
+            matches!(err, KlpError::Listen { ref reason, .. } if !reason.is_empty()),
+            "{err}"
+        );
+        held.listen(1).unwrap();
+    }
+
+    /// The held-port check can fail: while the swarm listens on the port, `listen` on the
+    /// held socket is refused.
+    #[tokio::test]
+    async fn a_held_port_cannot_listen_while_the_swarm_does() {
+        let (held, port) = held_port();
+        let cfg = KlpConfig::new(
+            [7; 32],
+            vec![format!("/ip4/127.0.0.1/tcp/{port}")],
+            ManifestInfo::default(),
+        );
+        let (klp, task) = Klp::start(cfg).await.unwrap();
+        assert!(held.listen(1).is_err());
+        klp.shutdown().await.unwrap();
+        task.await.unwrap();
+        held.listen(1).unwrap();
     }
 
     #[test]

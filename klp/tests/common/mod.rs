@@ -34,6 +34,21 @@ pub struct Node {
     pub n: u8,
     pub klp: Klp,
     pub addr: String,
+    /// The swarm's event loop; it ends (and its listeners close) after `shutdown`.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// A loopback port held by the test: bound with SO_REUSEADDR but not listening, so swarms
+/// (which bind with SO_REUSEADDR too) can listen on it one after another while no other
+/// socket is handed that port.
+pub fn held_port() -> (socket2::Socket, u16) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    s.bind(&addr.into()).unwrap();
+    let port = s.local_addr().unwrap().as_socket().unwrap().port();
+    (s, port)
 }
 
 pub async fn start(n: u8, listen: &str) -> Node {
@@ -47,9 +62,9 @@ pub async fn start_with(cfg: KlpConfig) -> Node {
         .trim_start_matches("node-")
         .parse()
         .unwrap_or(0);
-    let (klp, _task) = Klp::start(cfg).await.expect("start");
+    let (klp, task) = Klp::start(cfg).await.expect("start");
     let addr = klp.listen_addrs().await.expect("addrs")[0].clone();
-    Node { n, klp, addr }
+    Node { n, klp, addr, task }
 }
 
 pub fn entry(node: &Node) -> PeerEntry {
