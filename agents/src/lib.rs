@@ -13,6 +13,7 @@ mod macros;
 pub mod card;
 pub mod error;
 pub mod jsonrpc;
+pub mod lifecycle;
 pub mod limits;
 pub mod requests;
 pub mod types;
