@@ -219,14 +219,14 @@ impl TaskRecord {
         if message.role != Role::User {
             return Err(LifecycleError::NotUserRole);
         }
-        if let Some(ctx) = &message.context_id {
-            if *ctx != context_id {
-                return Err(LifecycleError::ContextMismatch {
-                    task_id,
-                    expected: context_id,
-                    got: ctx.clone(),
-                });
-            }
+        if let Some(ctx) = &message.context_id
+            && *ctx != context_id
+        {
+            return Err(LifecycleError::ContextMismatch {
+                task_id,
+                expected: context_id,
+                got: ctx.clone(),
+            });
         }
         limits
             .check_message("message", &message)
@@ -358,22 +358,22 @@ impl TaskRecord {
         if message.role != Role::User {
             return Err(LifecycleError::NotUserRole);
         }
-        if let Some(t) = &message.task_id {
-            if *t != task_id {
-                return Err(LifecycleError::TaskMismatch {
-                    task_id,
-                    got: t.clone(),
-                });
-            }
+        if let Some(t) = &message.task_id
+            && *t != task_id
+        {
+            return Err(LifecycleError::TaskMismatch {
+                task_id,
+                got: t.clone(),
+            });
         }
-        if let Some(ctx) = &message.context_id {
-            if *ctx != self.task.context_id {
-                return Err(LifecycleError::ContextMismatch {
-                    task_id,
-                    expected: self.task.context_id.clone(),
-                    got: ctx.clone(),
-                });
-            }
+        if let Some(ctx) = &message.context_id
+            && *ctx != self.task.context_id
+        {
+            return Err(LifecycleError::ContextMismatch {
+                task_id,
+                expected: self.task.context_id.clone(),
+                got: ctx.clone(),
+            });
         }
         if self.has_message(&message.message_id) {
             return Ok(Receipt::Duplicate);
@@ -509,7 +509,7 @@ impl TaskRecord {
             .check_artifact("artifact", &artifact)
             .map_err(LifecycleError::TooLarge)?;
         let id = artifact.artifact_id.clone();
-        let closed = self.closed_artifacts.iter().any(|c| *c == id);
+        let closed = self.closed_artifacts.contains(&id);
         let existing = self.task.artifacts.iter().position(|a| a.artifact_id == id);
         match (existing, append) {
             (Some(i), true) => {
