@@ -10,12 +10,15 @@
 #[macro_use]
 mod macros;
 
+pub mod agent;
 pub mod card;
+pub mod echo;
 pub mod error;
 pub mod jsonrpc;
 pub mod lifecycle;
 pub mod limits;
 pub mod requests;
+pub mod skill;
 pub mod types;
 
 pub use error::A2aError;
