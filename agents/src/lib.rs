@@ -18,6 +18,7 @@ pub mod jsonrpc;
 pub mod lifecycle;
 pub mod limits;
 pub mod requests;
+pub mod signing;
 pub mod skill;
 pub mod types;
 
