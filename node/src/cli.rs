@@ -55,8 +55,9 @@ enum Command {
     /// The federation log: approvals, revocations, admins and shared config, signed by admins.
     #[command(subcommand)]
     Federation(FederationCommand),
-    /// Run a local multi-node federation (processes on loopback ports). `--dir` is the
-    /// testnet directory here [default: ./kos-testnet].
+    /// Run a local multi-node federation (processes on loopback, ports picked by the
+    /// kernel, or containers with --docker). `--dir` is the testnet directory here
+    /// [default: ./kos-testnet].
     #[command(subcommand)]
     Testnet(TestnetCommand),
     /// Ask a node's `/readyz` (container health checks). Exit 0 when it answers 200, 1 when
@@ -187,12 +188,14 @@ enum FederationCommand {
 
 #[derive(Debug, Subcommand)]
 enum TestnetCommand {
-    /// Generate N nodes, start them, wait until all admit each other, print a table.
+    /// Generate N nodes, start them, wait until all admit each other, print a table. A failed
+    /// `up` stops everything it started.
     Up {
-        /// Number of nodes.
+        /// Number of nodes (at most 256; 32 with --docker).
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// How long to wait for full admission.
+        /// How long to wait for full admission once every node is ready (each node has 120 s
+        /// to become ready before that).
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: std::time::Duration,
         /// Run each node in a container on a private Docker network instead of as a local
@@ -202,12 +205,17 @@ enum TestnetCommand {
         /// The node image for --docker.
         #[arg(long, default_value = "kos-node:latest", requires = "docker")]
         image: String,
+        /// Create a federation admin key in node 1 (federation/admin.key) and pin it in
+        /// `admins` on every node, so `kos peers approve|revoke` and `kos config publish` run
+        /// against node 1 act on the whole testnet.
+        #[arg(long)]
+        admin: bool,
     },
     /// Show each node of the testnet and how many peers it admitted.
     Status,
-    /// Stop the processes `up` started.
+    /// Stop the processes (or remove the containers and network) `up` started.
     Down {
-        /// Also delete the node directories.
+        /// Also delete the node directories (Docker: the volumes).
         #[arg(long)]
         clean: bool,
     },
@@ -387,26 +395,26 @@ pub fn main() -> ExitCode {
             timeout,
             docker,
             image,
-        }) => exit(if docker {
-            crate::testnet_docker::up(&testnet_dir, nodes, &image, timeout)
-        } else {
-            crate::testnet::up(&testnet_dir, nodes, timeout)
-        }),
-        // A Docker testnet is recognized by its state file.
-        Command::Testnet(TestnetCommand::Status) => exit(
-            if testnet_dir.join(crate::testnet_docker::STATE_FILE).exists() {
-                crate::testnet_docker::status(&testnet_dir)
+            admin,
+        }) => {
+            let opts = crate::testnet::UpOptions {
+                nodes,
+                timeout,
+                admin,
+            };
+            exit(if docker {
+                crate::testnet::docker::Docker::new(&image)
+                    .and_then(|b| crate::testnet::up(&testnet_dir, b, opts))
             } else {
-                crate::testnet::status(&testnet_dir)
-            },
-        ),
-        Command::Testnet(TestnetCommand::Down { clean }) => exit(
-            if testnet_dir.join(crate::testnet_docker::STATE_FILE).exists() {
-                crate::testnet_docker::down(&testnet_dir, clean)
-            } else {
-                crate::testnet::down(&testnet_dir, clean)
-            },
-        ),
+                crate::testnet::process::Processes::new()
+                    .and_then(|b| crate::testnet::up(&testnet_dir, b, opts))
+            })
+        }
+        // The state file names the backend.
+        Command::Testnet(TestnetCommand::Status) => exit(crate::testnet::status(&testnet_dir)),
+        Command::Testnet(TestnetCommand::Down { clean }) => {
+            exit(crate::testnet::down(&testnet_dir, clean))
+        }
         Command::Health(args) => exit(health(&dir, args)),
     }
 }

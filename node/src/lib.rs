@@ -43,5 +43,4 @@ pub mod runtime;
 pub mod store;
 pub mod telemetry;
 pub mod testnet;
-pub mod testnet_docker;
 pub mod vector;

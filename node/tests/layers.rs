@@ -19,8 +19,7 @@ fn layer(module: &str) -> Option<u8> {
         "api" | "federation" => 3,
         "daemon" => 4,
         "testnet" => 5,
-        "testnet_docker" => 6,
-        "cli" => 7,
+        "cli" => 6,
         _ => return None,
     })
 }

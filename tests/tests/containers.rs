@@ -17,7 +17,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use kos_node::testnet_docker;
+use kos_node::testnet::{
+    self,
+    docker::{self as testnet_docker, Docker},
+};
 use kos_tests::require;
 
 fn repo_root() -> PathBuf {
@@ -515,6 +518,7 @@ fn docker_testnet_three_nodes() {
             "kos-local/kos:latest",
             "--timeout",
             "180s",
+            "--admin",
         ]))
     .expect("kos testnet up");
     eprint!("{}", String::from_utf8_lossy(&out.stdout));
@@ -523,18 +527,20 @@ fn docker_testnet_three_nodes() {
         "kos testnet up --docker failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let state = testnet_docker::load_state(tn.dir.path())
+    let state = testnet::load::<Docker>(tn.dir.path())
         .expect("state")
-        .expect("testnet-docker.json");
+        .expect("testnet.json");
     assert_eq!(state.nodes.len(), 3);
     let tokens: Vec<String> = state
         .nodes
         .iter()
         .map(|x| {
-            testnet_docker::token(&x.container, "viewer", Duration::from_secs(3600)).expect("token")
+            testnet_docker::token(&x.place.container, "viewer", Duration::from_secs(3600))
+                .expect("token")
         })
         .collect();
-    let connected = |i: usize| testnet_docker::admitted(&state.nodes[i].container, &tokens[i]);
+    let connected =
+        |i: usize| testnet_docker::admitted(&state.nodes[i].place.container, &tokens[i]);
     let id = |i: usize| state.nodes[i].peer_id.clone();
     let sees = |i: usize, j: usize| connected(i).is_some_and(|a| a.contains(&id(j)));
     let all_converged = || (0..3).all(|i| (0..3).filter(|&j| j != i).all(|j| sees(i, j)));
@@ -544,10 +550,27 @@ fn docker_testnet_three_nodes() {
         all_converged().then_some(())
     });
 
+    // --admin: node-1's volume holds the admin key, every node pins the admin.
+    let admin = state.admin.clone().expect("--admin records the admin id");
+    for (i, x) in state.nodes.iter().enumerate() {
+        let fed = run_ok(Command::new("docker").args([
+            "exec",
+            &x.place.container,
+            "kos",
+            "federation",
+            "status",
+            "--json",
+        ]))
+        .expect("federation status");
+        let v: serde_json::Value = serde_json::from_str(&fed).expect("json");
+        assert_eq!(v["admins"], serde_json::json!([admin]), "{}: {v}", x.name);
+        assert_eq!(v["local_admin"].is_null(), i != 0, "{}: {v}", x.name);
+    }
+
     // A stopped node: the others see it disconnected.
     let (c3, c2) = (
-        state.nodes[2].container.clone(),
-        state.nodes[1].container.clone(),
+        state.nodes[2].place.container.clone(),
+        state.nodes[1].place.container.clone(),
     );
     docker_ok(&["stop", "-t", "15", &c3]);
     wait_for("node-1 and node-2 see node-3 disconnected", long, || {
@@ -556,7 +579,7 @@ fn docker_testnet_three_nodes() {
         .then_some(())
     });
     // ... and its entry says so.
-    let addr = testnet_docker::api_addr(&state.nodes[0].container).expect("api");
+    let addr = testnet_docker::api_addr(&state.nodes[0].place.container).expect("api");
     let (status, peers) = http_get(
         &addr.to_string(),
         &format!("/api/peers/{}", id(2)),
@@ -579,14 +602,14 @@ fn docker_testnet_three_nodes() {
     );
 
     // Cut node-2 from the network: the others see it gone.
-    docker_ok(&["network", "disconnect", &state.network, &c2]);
+    docker_ok(&["network", "disconnect", &state.how.network, &c2]);
     wait_for("node-1 and node-3 see node-2 gone", long, || {
         (connected(0).is_some_and(|a| !a.contains(&id(1)) && a.contains(&id(2)))
             && connected(2).is_some_and(|a| !a.contains(&id(1)) && a.contains(&id(0))))
         .then_some(())
     });
     // Heal: everyone reconverges.
-    docker_ok(&["network", "connect", &state.network, &c2]);
+    docker_ok(&["network", "connect", &state.how.network, &c2]);
     wait_for("all reconverge after the partition heals", long, || {
         all_converged().then_some(())
     });
