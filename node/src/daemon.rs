@@ -364,10 +364,18 @@ async fn serve(
         .await
         .with_context(|| format!("binding the API to {}", c.listen))?;
     let addr = listener.local_addr()?;
+    if stores.db.get("first_started_ms").await?.is_none() {
+        stores
+            .db
+            .put("first_started_ms", &crate::store::now_ms().to_string())
+            .await?;
+    }
     let cfg = &c.loaded.config;
     let node_id = c.identity.id().to_string();
-    let bus = crate::bus::from_config(cfg, &node_id).context("starting the event bus")?;
     let cache = crate::cache::Cache::from_config(cfg, &node_id).context("opening the cache")?;
+    // The bus starts tasks of its own: nothing below can fail before the node runs, so
+    // `supervise` always stops them.
+    let bus = crate::bus::from_config(cfg, &node_id).context("starting the event bus")?;
     info!(
         bus = bus.kind(),
         cache = cache.kind(),
@@ -411,12 +419,6 @@ async fn serve(
         started_at,
         listen: addr,
     });
-    if state.db.get("first_started_ms").await?.is_none() {
-        state
-            .db
-            .put("first_started_ms", &crate::store::now_ms().to_string())
-            .await?;
-    }
     state
         .events
         .record(
