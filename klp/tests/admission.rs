@@ -214,7 +214,9 @@ async fn a_listed_peer_that_restarts_is_redialed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_says_goodbye_and_the_peer_records_it_without_a_ban() {
-    let a = start(33, "/ip4/127.0.0.1/tcp/0").await;
+    // a's port stays reserved for a across its restart.
+    let (_held, port) = held_port();
+    let a = start(33, &format!("/ip4/127.0.0.1/tcp/{port}")).await;
     let b = start(34, "/ip4/127.0.0.1/tcp/0").await;
     let list = vec![entry(&a), entry(&b)];
     a.klp.set_approved(list.clone(), true).await.unwrap();
@@ -247,7 +249,8 @@ async fn shutdown_says_goodbye_and_the_peer_records_it_without_a_ban() {
         ("shutdown", RefusedBy::Peer)
     );
     // Not a penalty: a comes back on the same address and b admits it again (a dials b, and
-    // b keeps redialing a listed peer).
+    // b keeps redialing a listed peer). a's swarm has ended: its listener is closed.
+    a.task.await.unwrap();
     let mut cfg = config(33, &a_addr);
     cfg.approved = list;
     let a2 = start_with(cfg).await;

@@ -11,7 +11,7 @@ use backon::BackoffBuilder;
 
 /// A bounded exponential schedule: `initial`, doubling up to `max` per wait, and at most
 /// `give_up_after` of waiting in total (`None`: never give up, for background reconnects):
-/// the schedule ends before the wait that would pass it.
+/// the wait that would pass the budget is cut to what is left of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
     pub initial: Duration,
@@ -48,7 +48,9 @@ impl Backoff {
             .build();
         Delays {
             schedule,
+            budget: self.give_up_after,
             waited: Duration::ZERO,
+            spent: false,
         }
     }
 }
@@ -57,7 +59,11 @@ impl Backoff {
 #[derive(Debug)]
 pub struct Delays {
     schedule: backon::ExponentialBackoff,
+    budget: Option<Duration>,
     waited: Duration,
+    /// The budget is used up (backon stops before the wait that would pass it; the rest of
+    /// the budget is handed out once).
+    spent: bool,
 }
 
 impl Delays {
@@ -71,7 +77,21 @@ impl Iterator for Delays {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        let d = self.schedule.next()?;
+        if self.spent {
+            return None;
+        }
+        let d = match self.schedule.next() {
+            Some(d) => d,
+            None => {
+                self.spent = true;
+                let left = self.budget?.saturating_sub(self.waited);
+                // backon's f32 factor leaves nanoseconds, not a wait.
+                if left < Duration::from_millis(1) {
+                    return None;
+                }
+                left
+            }
+        };
         self.waited += d;
         Some(d)
     }
@@ -89,11 +109,15 @@ mod tests {
             give_up_after: Some(Duration::from_millis(1500)),
         };
         let mut delays = b.delays();
-        let d: Vec<u64> = delays.by_ref().map(|d| d.as_millis() as u64).collect();
-        // The next 500 ms would pass the 1.5 s budget.
-        assert_eq!(d, vec![100, 200, 400, 500]);
-        // backon multiplies by an f32 factor: nanoseconds off, not milliseconds.
-        assert_eq!(delays.waited().as_millis(), 1200);
+        // backon multiplies by an f32 factor: nanoseconds off, so compare rounded.
+        let d: Vec<u64> = delays
+            .by_ref()
+            .map(|d| (d.as_secs_f64() * 1000.0).round() as u64)
+            .collect();
+        // The next 500 ms would pass the 1.5 s budget: what is left of it, 300 ms, instead.
+        assert_eq!(d, vec![100, 200, 400, 500, 300]);
+        assert_eq!(delays.waited(), Duration::from_millis(1500));
+        assert_eq!(delays.next(), None);
     }
 
     #[test]
@@ -112,10 +136,8 @@ mod tests {
         let d: Vec<Duration> = Backoff::DATABASE_AT_START.delays().collect();
         let total: Duration = d.iter().sum();
         assert_eq!(d[0], Duration::from_millis(500));
-        assert_eq!(d.last(), Some(&Duration::from_secs(8)));
-        assert!(
-            total <= Duration::from_secs(60) && total > Duration::from_secs(50),
-            "{total:?}"
-        );
+        // 0.5, 1, 2, 4, then 8 s six times, then the 4.5 s left of the minute.
+        assert_eq!(d.len(), 11, "{d:?}");
+        assert_eq!(total, Duration::from_secs(60));
     }
 }

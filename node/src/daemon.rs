@@ -196,6 +196,8 @@ pub async fn start_with_shutdown(
     match serve(opts, checked, stores, fed, metrics, tasks.clone()).await {
         Ok(node) => Ok(node),
         Err(e) => {
+            // Shutting down: the swarm's end below is not a failure.
+            tasks.shutdown_token().cancel();
             if let Some(k) = klp {
                 let _ = k.shutdown().await;
             }
@@ -473,7 +475,7 @@ async fn serve(
     Ok(RunningNode {
         addr,
         state,
-        shutdown: tasks.token().clone(),
+        shutdown: tasks.shutdown_token().clone(),
         task,
     })
 }
@@ -515,7 +517,7 @@ impl ApiServer {
             api.max_connections_per_ip,
             api.request_timeout.get(),
         );
-        let token = state.tasks.token().clone();
+        let token = state.tasks.shutdown_token().clone();
         let tls_handle = axum_server::Handle::new();
         let h = tls_handle.clone();
         let task = tokio::spawn(async move {
@@ -565,7 +567,7 @@ impl ApiServer {
 /// The node's own task: waits for shutdown (or the API server's end), then stops everything
 /// in order. See "Shutdown order" in docs/ARCHITECTURE.md.
 async fn supervise(st: Arc<ApiState>, mut server: ApiServer, home: PathBuf) -> Result<()> {
-    let token = st.tasks.token().clone();
+    let token = st.tasks.shutdown_token().clone();
     let served = tokio::select! {
         biased;
         () = token.cancelled() => {
@@ -590,8 +592,9 @@ async fn supervise(st: Arc<ApiState>, mut server: ApiServer, home: PathBuf) -> R
     if let Some(k) = &st.klp {
         let _ = k.shutdown().await;
     }
-    // 2. Every task: the sync actor (and the store of the ops it queued), the swarm, the
-    //    event recorder, the remote-call server, jobs in flight.
+    // 2. Every task: the services token is cancelled now, so the sync actor (and the store of
+    //    the ops it queued), the event recorder and the remote-call server stop; the swarm
+    //    has ended; jobs in flight finish.
     st.tasks.close_and_wait(TASKS_STOP_LIMIT).await;
     // 3. The last event, then the bus, then the stores.
     st.events

@@ -434,7 +434,7 @@ pub fn spawn(
     let db = node.db.clone();
     // Ends when the actor stops (drops its sender), after storing what is queued; joined at
     // shutdown before the database closes.
-    node.tasks.spawn("fed-persist", async move {
+    node.tasks.spawn_service("fed-persist", async move {
         while let Some((hash, lamport, bytes)) = persist_rx.recv().await {
             if let Err(e) = db.insert_op(&hash, lamport, &bytes).await {
                 warn!(op = %hash, error = %e, "cannot store a federation op; after a restart it is fetched again");

@@ -4,7 +4,8 @@
 //! bound API address and the KLP listen addresses, so a node can be configured with port 0
 //! (`api.listen: 127.0.0.1:0`, `/ip4/127.0.0.1/tcp/0`) and still be found: by the CLI on the
 //! same machine, by `kos testnet`, by tests. A file left by a process that is gone (a crash)
-//! is ignored: its `pid` is checked.
+//! is ignored: its `pid` is checked in `/proc` (Linux; elsewhere only this process's own
+//! file is taken, and the CLI falls back to `api.listen`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -35,17 +35,35 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The top-level modules a source text names as `crate::x` (comments removed).
+/// The top-level modules a source text names as `crate::x` (comments removed; a group
+/// `crate::{..}` may span lines, as rustfmt wraps it).
 fn uses(text: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
-    for line in text.lines() {
-        let code = line.split("//").next().unwrap_or("");
-        let mut rest = code;
+    let code: String = text
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    {
+        let mut rest = code.as_str();
         while let Some(i) = rest.find("crate::") {
             rest = &rest[i + "crate::".len()..];
             if let Some(group) = rest.strip_prefix('{') {
-                let end = group.find('}').unwrap_or(group.len());
-                for item in group[..end].split(',') {
+                // The first path segment of each top-level item of the group (nested groups
+                // such as `api::{A, B}` count as one item).
+                let (mut depth, mut item) = (0usize, String::new());
+                let mut items = Vec::new();
+                for c in group.chars() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => break,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => items.push(std::mem::take(&mut item)),
+                        _ => item.push(c),
+                    }
+                }
+                items.push(item);
+                for item in items {
                     let name: String = item
                         .trim()
                         .chars()
@@ -117,7 +135,8 @@ fn modules_depend_one_way() {
 
 #[test]
 fn the_checker_sees_grouped_and_plain_uses_but_not_comments() {
-    let text = "use crate::{api::X, store};\nlet x = crate::daemon::f();\n// crate::cli\n";
+    let text = "use crate::{api::X, store};\nlet x = crate::daemon::f();\n// crate::cli\n\
+                use crate::{\n    fedsync::{Y, Z},\n    runtime, // crate::testnet\n};\n";
     let got: Vec<String> = uses(text).into_iter().collect();
-    assert_eq!(got, ["api", "daemon", "store"]);
+    assert_eq!(got, ["api", "daemon", "fedsync", "runtime", "store"]);
 }

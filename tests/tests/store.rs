@@ -137,8 +137,7 @@ async fn postgres_down_gives_up_with_an_error_naming_the_host_not_the_password()
         &cfg,
         DatabaseKind::Postgresql,
         dir.path(),
-        // Waits of 100, 200, 400 and 500 ms fit the budget; the next one would pass it.
-        quick_backoff(Duration::from_millis(1250)),
+        quick_backoff(Duration::from_millis(1200)),
         &CancellationToken::new(),
     )
     .await

@@ -1,17 +1,20 @@
 //! Every task the node spawns, owned: one [`TaskTracker`] and the node's
 //! [`CancellationToken`] (the iroh pattern).
 //!
-//! - A **service** ([`Tasks::spawn_service`]) runs for the node's whole life (the API server,
-//!   the sync actor, the KLP event recorder, the remote-call server, the OIDC refresh). If it
-//!   ends before shutdown was asked for, or panics, the failure is logged with the task's
-//!   name and recorded, and `/readyz` answers 503 from then on: a node that lost part of
-//!   itself must not keep receiving traffic as if it were whole.
-//! - A **job** ([`Tasks::spawn`]) is short-lived work started by a service (one peer's API
-//!   call, one sync request). A panic is logged; it does not make the node unready.
+//! - A **service** ([`Tasks::spawn_service`]) runs for the node's whole life (the KLP swarm,
+//!   the sync actor and its op persister, the KLP event recorder, the remote-call server,
+//!   the signal handler). If it ends before shutdown was asked for, or panics, the failure
+//!   is logged with the task's name and recorded, and `/readyz` answers 503 from then on: a
+//!   node that lost part of itself must not keep receiving traffic as if it were whole.
+//! - A **job** ([`Tasks::spawn`]) is short-lived work (one peer's API call, one sync
+//!   request, the OIDC first fetch). A panic is logged; it does not make the node unready.
 //!
-//! Shutdown ([`Tasks::close_and_wait`]) closes the tracker and waits, with a limit, until
-//! every task has ended; the caller then closes the stores. See "Shutdown order" in
-//! docs/ARCHITECTURE.md.
+//! Two tokens: the node's **shutdown** token (Ctrl-C, SIGTERM, `stop`) turns readiness off
+//! and starts the API's drain; services stop on the **services** token ([`Tasks::token`]),
+//! which [`Tasks::close_and_wait`] cancels once the drain and KLP's goodbyes are done, so
+//! requests still draining can use the sync actor. `close_and_wait` then waits, with a
+//! limit, until every task has ended; the caller closes the stores after it. See "Shutdown
+//! order" in docs/ARCHITECTURE.md.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -36,7 +39,10 @@ pub struct Tasks {
 #[derive(Debug)]
 struct Inner {
     tracker: TaskTracker,
-    token: CancellationToken,
+    /// The node's shutdown token.
+    shutdown: CancellationToken,
+    /// Cancelled by `close_and_wait`: what services stop on.
+    services: CancellationToken,
     /// Serving: set once start-up is complete, cleared when shutdown begins.
     serving: AtomicBool,
     /// (task name, what happened).
@@ -44,30 +50,38 @@ struct Inner {
 }
 
 impl Tasks {
-    /// Tasks stopped by `token` (the node's shutdown token).
-    pub fn new(token: CancellationToken) -> Self {
+    /// The tasks of a node whose shutdown token is `shutdown`.
+    pub fn new(shutdown: CancellationToken) -> Self {
         Self {
             inner: Arc::new(Inner {
                 tracker: TaskTracker::new(),
-                token,
+                shutdown,
+                services: CancellationToken::new(),
                 serving: AtomicBool::new(false),
                 failures: Mutex::new(Vec::new()),
             }),
         }
     }
 
-    /// The node's shutdown token: services end when it is cancelled.
+    /// What services and jobs stop on: cancelled by [`Tasks::close_and_wait`], after the
+    /// node's shutdown token.
     pub fn token(&self) -> &CancellationToken {
-        &self.inner.token
+        &self.inner.services
+    }
+
+    /// The node's shutdown token (readiness, the API's drain).
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
     }
 
     /// Whether shutdown has been asked for.
     pub fn stopping(&self) -> bool {
-        self.inner.token.is_cancelled()
+        self.inner.shutdown.is_cancelled()
     }
 
     /// Starts a long-lived service. It should run until [`Tasks::token`] is cancelled; ending
-    /// earlier (returning or panicking) is a failure that makes the node unready.
+    /// before the node's shutdown was asked for (returning or panicking) is a failure that
+    /// makes the node unready.
     pub fn spawn_service<F>(&self, name: &'static str, fut: F)
     where
         F: Future<Output = ()> + Send + 'static,
@@ -76,7 +90,7 @@ impl Tasks {
         self.inner.tracker.spawn(
             async move {
                 let outcome = AssertUnwindSafe(fut).catch_unwind().await;
-                if inner.token.is_cancelled() && outcome.is_ok() {
+                if inner.shutdown.is_cancelled() && outcome.is_ok() {
                     return;
                 }
                 let what = match &outcome {
@@ -155,10 +169,12 @@ impl Tasks {
         self.inner.tracker.is_empty()
     }
 
-    /// Cancels the token, closes the tracker (so that waiting can finish once it is empty)
-    /// and waits at most `limit` for every task to end. Returns whether they all ended.
+    /// Cancels the shutdown token (if not yet) and then the services token, closes the
+    /// tracker (so that waiting can finish once it is empty) and waits at most `limit` for
+    /// every task to end. Returns whether they all ended.
     pub async fn close_and_wait(&self, limit: Duration) -> bool {
-        self.inner.token.cancel();
+        self.inner.shutdown.cancel();
+        self.inner.services.cancel();
         self.inner.tracker.close();
         if tokio::time::timeout(limit, self.inner.tracker.wait())
             .await
@@ -240,6 +256,20 @@ mod tests {
         assert!(t.is_empty());
         // Stopping is not ready, although nothing failed.
         assert!(!t.is_ready());
+    }
+
+    #[tokio::test]
+    async fn services_run_on_while_the_node_drains() {
+        let t = serving();
+        let token = t.token().clone();
+        t.spawn_service("actor", async move { token.cancelled().await });
+        t.shutdown_token().cancel();
+        assert!(!t.is_ready());
+        // The drain has begun; the service still runs until close_and_wait.
+        tokio::task::yield_now().await;
+        assert_eq!(t.len(), 1);
+        assert!(t.close_and_wait(Duration::from_secs(5)).await);
+        assert!(t.failures().is_empty());
     }
 
     #[tokio::test]

@@ -140,15 +140,27 @@ fn kind_of(dir: &Path) -> Result<Option<String>> {
     let path = dir.join(STATE_FILE);
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // The state file of a Docker testnet made by kos before the shared flow.
+            let old = dir.join("testnet-docker.json");
+            if old.exists() {
+                bail!(
+                    "{}: a Docker testnet made by an older kos; stop it with that version's `kos testnet down`, or remove its containers (`docker ps -a --filter name=kos-tn-`)",
+                    old.display()
+                );
+            }
+            return Ok(None);
+        }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: corrupt", path.display()))?;
-    v["backend"]
-        .as_str()
-        .map(|k| Some(k.to_string()))
-        .with_context(|| format!("{}: no `backend`", path.display()))
+    v["backend"].as_str().map(|k| Some(k.to_string())).with_context(|| {
+        format!(
+            "{}: no `backend`: a testnet made by an older kos; stop it with that version's `kos testnet down`, or stop the `kos run` processes whose pids it lists",
+            path.display()
+        )
+    })
 }
 
 /// Reads the state of the testnet in `dir`, if there is one (of backend `B`).
