@@ -22,7 +22,7 @@ use crate::skill::SkillCall;
 use crate::types::{Artifact, Message, Part, Role, StreamResponse, Task, TaskState, Timestamp};
 
 /// What an agent says about itself; the node builds its card from this
-/// ([`crate::signing::build_card`]).
+/// (`signing::build_card`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentDescriptor {
     /// Path segment and registry key (`[a-z0-9-]`, 1..=64).

@@ -374,7 +374,7 @@ pub struct Message {
     pub role: Role,
     /// Content.
     pub parts: Vec<Part>,
-    /// Optional metadata (`metadata.skill` selects a skill, see [`crate::skill`]).
+    /// Optional metadata (`metadata.skill` selects a skill: the `skill` module).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
     /// Extension URIs present in this message.

@@ -399,14 +399,7 @@ fn bring_up<B: Backend>(dir: &Path, t: &mut Testnet<B>, opts: UpOptions) -> Resu
         let mut still = Vec::new();
         for i in pending {
             let x = &t.nodes[i];
-            if !t.how.running(&x.place) {
-                bail!(
-                    "{} exited during start; see {}:\n{}",
-                    x.name,
-                    t.how.log_hint(&x.place),
-                    t.how.log_tail(&x.place, 20)
-                );
-            }
+            ensure_running(t, x, "exited during start")?;
             match t.how.ready(&x.place) {
                 Some((api, klp)) => {
                     t.nodes[i].api = Some(api);
@@ -448,6 +441,19 @@ fn bring_up<B: Backend>(dir: &Path, t: &mut Testnet<B>, opts: UpOptions) -> Resu
 }
 
 /// Waits until every node admitted (and is connected to) every other.
+/// An error naming node `x`, where its log is and its last lines, unless it still runs.
+fn ensure_running<B: Backend>(t: &Testnet<B>, x: &Node<B::Node>, what: &str) -> Result<()> {
+    if t.how.running(&x.place) {
+        return Ok(());
+    }
+    bail!(
+        "{} {what}; see {}:\n{}",
+        x.name,
+        t.how.log_hint(&x.place),
+        t.how.log_tail(&x.place, 20)
+    )
+}
+
 fn wait_admitted<B: Backend>(t: &Testnet<B>, timeout: Duration) -> Result<()> {
     let n = t.nodes.len();
     let clients: Vec<NodeClient> = t
@@ -471,14 +477,7 @@ fn wait_admitted<B: Backend>(t: &Testnet<B>, timeout: Duration) -> Result<()> {
                 continue;
             }
             let x = &t.nodes[i];
-            if !t.how.running(&x.place) {
-                bail!(
-                    "{} stopped while the nodes were connecting; see {}:\n{}",
-                    x.name,
-                    t.how.log_hint(&x.place),
-                    t.how.log_tail(&x.place, 20)
-                );
-            }
+            ensure_running(t, x, "stopped while the nodes were connecting")?;
             if tokens[i].is_none() {
                 tokens[i] = t.how.token(&x.place, ttl);
             }
