@@ -40,6 +40,8 @@ pub struct Config {
     pub auth: Auth,
     pub services: Vec<AgentService>,
     pub agents: BTreeMap<String, AgentConfig>,
+    /// The A2A runtime that serves the agents (`/a2a/<agent>/...`).
+    pub a2a: A2a,
     pub orchestration: Orchestration,
     pub monitoring: Monitoring,
     pub backup: Backup,
@@ -767,6 +769,74 @@ impl Default for AgentConfig {
             max_concurrent_tasks: 4,
             task_timeout: Duration::from_secs(60),
             settings: BTreeMap::new(),
+        }
+    }
+}
+
+/// The A2A v1.0 runtime serving the node's agents (docs/CONFIG.md, `a2a`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct A2a {
+    /// Public base URL written into agent cards (`https://node.example`). Unset: each card
+    /// is built from the request's `Host` header and the API's scheme.
+    pub public_url: Option<String>,
+    /// The agent behind the node's own card (`/.well-known/agent-card.json`). Unset: the
+    /// first enabled agent by id.
+    pub default_agent: Option<String>,
+    /// Agent turns running at once for one principal (user or peer); over it, 429.
+    pub max_tasks_per_principal: u32,
+    /// Terminal tasks are deleted this long after their last change.
+    pub retention: Duration,
+    /// Largest part (text, bytes, url or data as JSON).
+    pub max_part_bytes: u32,
+    /// Most parts in one message or artifact.
+    pub max_parts: u32,
+    /// Messages kept in a task's history (the oldest go first).
+    pub max_history: u32,
+    /// Largest artifact (all its chunks together).
+    pub max_artifact_bytes: u32,
+    /// Push notifications.
+    pub push: A2aPush,
+}
+
+impl Default for A2a {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            default_agent: None,
+            max_tasks_per_principal: 8,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_part_bytes: 1 << 20,
+            max_parts: 64,
+            max_history: 100,
+            max_artifact_bytes: 4 << 20,
+            push: A2aPush::default(),
+        }
+    }
+}
+
+/// Push notifications of task updates to clients' webhooks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct A2aPush {
+    /// Serve push notification configs (the cards' `capabilities.pushNotifications`).
+    pub enabled: bool,
+    /// Allow webhooks on loopback, link-local and private addresses (a node whose clients
+    /// live on its own network). Off: such targets are refused (SSRF guard).
+    pub allow_private: bool,
+    /// Delivery attempts per notification before it is dropped.
+    pub max_attempts: u32,
+    /// Time limit of one delivery attempt.
+    pub timeout: Duration,
+}
+
+impl Default for A2aPush {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allow_private: false,
+            max_attempts: 8,
+            timeout: Duration::from_secs(10),
         }
     }
 }

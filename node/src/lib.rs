@@ -26,6 +26,7 @@ macro_rules! outln {
     };
 }
 
+pub mod a2a;
 pub mod api;
 pub mod auth;
 pub mod backoff;

@@ -456,6 +456,11 @@ impl Db {
         Err(StoreError::NotBuilt)
     }
 
+    /// The pool, for repositories in other modules (`a2a::store`).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
@@ -469,7 +474,7 @@ impl Db {
 
     /// Classifies a query error: a lost or unreachable server is `Unavailable` (naming the
     /// server), anything else a failed query.
-    fn query_err(&self, e: sqlx::Error) -> StoreError {
+    pub fn query_err(&self, e: sqlx::Error) -> StoreError {
         if is_transient(&e) {
             StoreError::Unavailable {
                 backend: self.backend_name(),
@@ -483,7 +488,7 @@ impl Db {
 
     /// Runs an idempotent operation, once more after a short pause if the first attempt met
     /// a lost connection (the pool then hands out a fresh one).
-    async fn idempotent<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    pub async fn idempotent<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,

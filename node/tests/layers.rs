@@ -15,7 +15,7 @@ fn layer(module: &str) -> Option<u8> {
         "auth" | "backoff" | "bus" | "cache" | "identity" | "metrics" | "node_client"
         | "runfile" | "store" | "telemetry" | "vector" => 0,
         "runtime" => 1,
-        "fedsync" => 2,
+        "a2a" | "fedsync" => 2,
         "api" | "federation" => 3,
         "daemon" => 4,
         "testnet" => 5,
