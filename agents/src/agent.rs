@@ -257,12 +257,14 @@ pub struct TurnEnd {
     pub error: Option<AgentError>,
 }
 
-/// Runs one turn: the handler's updates are applied to `record` in order and every resulting
-/// event goes to `publish`. An update the lifecycle refuses fails the task and stops the
-/// handler (its sink closes); a fired cancel token cancels the task; a handler that returns
-/// without a final state fails the task ([`TaskRecord::finish_turn`]). `now` is read once per
-/// change.
-pub async fn drive_turn<A, N, P>(
+/// Runs one turn: the handler's updates are applied to `record` in order, and after each
+/// change `publish` gets the record and the events it caused; the future it returns (the
+/// node's write to its store and bus) is awaited before the next update is read, so the
+/// order of the stored events is the order of the changes. An update the lifecycle refuses
+/// fails the task and stops the handler (its sink closes); a fired cancel token cancels the
+/// task; a handler that returns without a final state fails the task
+/// ([`TaskRecord::finish_turn`]). `now` is read once per change.
+pub async fn drive_turn<A, N, P, F>(
     agent: &A,
     record: &mut TaskRecord,
     turn: Turn,
@@ -273,7 +275,8 @@ pub async fn drive_turn<A, N, P>(
 where
     A: Agent + ?Sized,
     N: FnMut() -> Timestamp,
-    P: FnMut(&StreamResponse),
+    P: FnMut(&TaskRecord, Vec<StreamResponse>) -> F,
+    F: Future<Output = ()>,
 {
     let cancel = turn.cancel.clone();
     let (updates, mut rx) = Updates::channel(&turn.task, 16);
@@ -287,12 +290,10 @@ where
                 futures::future::Either::Left(_) | futures::future::Either::Right(_) => break,
             };
             match record.apply(update, now(), limits) {
-                Ok(events) => events.iter().for_each(&mut publish),
+                Ok(events) => publish(record, events).await,
                 Err(_) => {
-                    record
-                        .fail("the agent produced an invalid update", now(), limits)
-                        .iter()
-                        .for_each(&mut publish);
+                    let events = record.fail("the agent produced an invalid update", now(), limits);
+                    publish(record, events).await;
                     cancel.cancel();
                     break;
                 }
@@ -305,13 +306,15 @@ where
     if cancel.is_cancelled()
         && let Ok(events) = record.cancel(now(), limits)
     {
-        events.iter().for_each(&mut publish);
+        publish(record, events).await;
     }
     let events = match &error {
         Some(AgentError::Failed(reason)) => record.fail(reason, now(), limits),
         Some(AgentError::SinkClosed) | None => record.finish_turn(now(), limits),
     };
-    events.iter().for_each(&mut publish);
+    if !events.is_empty() {
+        publish(record, events).await;
+    }
     TurnEnd {
         state: record.state(),
         error,

@@ -116,7 +116,7 @@ impl EchoAgent {
                 let id = u.next_id("artifact");
                 u.artifact(
                     Artifact::new(id.clone(), vec![Part::text("chunk-1 ")]),
-                    true,
+                    false,
                     false,
                 )
                 .await?;
@@ -208,8 +208,14 @@ impl EchoAgent {
         }
         let chunk_size = match turn.call.args.get("chunkSize") {
             None | Some(Value::Null) => None,
+            // JSON numbers from protobuf `Struct`s arrive as floats (`4.0`): whole ones count.
             Some(v) => match v
                 .as_u64()
+                .or_else(|| {
+                    v.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f <= 1e9)
+                        .map(|f| f as u64)
+                })
                 .and_then(|n| usize::try_from(n).ok())
                 .filter(|n| *n > 0)
             {
@@ -240,9 +246,10 @@ impl EchoAgent {
                     if turn.cancel.is_cancelled() {
                         return Ok(());
                     }
+                    // The first chunk creates the artifact, the next ones extend it.
                     u.artifact(
                         Artifact::new(id.clone(), vec![Part::text(chunk)]),
-                        true,
+                        i > 0,
                         i == last,
                     )
                     .await?;
@@ -335,9 +342,17 @@ mod tests {
             cancel,
         };
         let mut events = Vec::new();
-        let end = block_on(drive_turn(agent, record, t, &Limits::default(), now, |e| {
-            events.push(e.clone())
-        }));
+        let end = block_on(drive_turn(
+            agent,
+            record,
+            t,
+            &Limits::default(),
+            now,
+            |_, e: Vec<StreamResponse>| {
+                events.extend(e);
+                futures::future::ready(())
+            },
+        ));
         (end, events)
     }
 
@@ -380,7 +395,7 @@ mod tests {
     fn streams_chunks_when_asked() {
         let msg = user(
             "m1",
-            vec![Part::text("abcdefg"), Part::data(json!({"chunkSize": 3}))],
+            vec![Part::text("abcdefg"), Part::data(json!({"chunkSize": 3.0}))],
         );
         let (record, end, events) = run(&EchoAgent::new(), msg, CancelToken::new());
         assert_eq!(end.state, TaskState::Completed);
@@ -388,7 +403,7 @@ mod tests {
             kinds(&events),
             [
                 "WORKING",
-                "artifact(append=true,last=false)",
+                "artifact(append=false,last=false)",
                 "artifact(append=true,last=false)",
                 "artifact(append=true,last=true)",
                 "COMPLETED"
@@ -490,7 +505,7 @@ mod tests {
                 TaskState::Completed,
                 &[
                     "WORKING",
-                    "artifact(append=true,last=false)",
+                    "artifact(append=false,last=false)",
                     "artifact(append=true,last=true)",
                     "COMPLETED",
                 ],
@@ -622,7 +637,7 @@ mod tests {
             t,
             &limits,
             &mut now,
-            |_| {},
+            |_, _| futures::future::ready(()),
         ));
         assert_eq!(end.state, TaskState::Failed);
         assert_eq!(end.error, Some(AgentError::SinkClosed));

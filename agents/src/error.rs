@@ -88,6 +88,24 @@ pub enum A2aError {
     /// JSON-RPC `-32603`: internal failure; no detail goes to the client.
     #[error("internal error")]
     Internal,
+    /// Too many turns of this caller run at once (a node limit, not an A2A error: HTTP 429,
+    /// `RESOURCE_EXHAUSTED`, JSON-RPC `-32000` in the implementation-defined range).
+    #[error(
+        "{running} tasks of this caller are running, the limit is {limit}; retry when one ends"
+    )]
+    TooManyTasks {
+        /// Turns running now.
+        running: u32,
+        /// The node's `a2a.max_tasks_per_principal`.
+        limit: u32,
+    },
+    /// The task changed on another replica while this request worked on it (JSON-RPC
+    /// `-32000`, HTTP 409 `ABORTED`); retry.
+    #[error("task {task_id} changed while this request ran; retry")]
+    Conflict {
+        /// Task id.
+        task_id: String,
+    },
 }
 
 impl A2aError {
@@ -124,6 +142,7 @@ impl A2aError {
             A2aError::MethodNotFound(_) => -32601,
             A2aError::InvalidParams { .. } => -32602,
             A2aError::Internal => -32603,
+            A2aError::TooManyTasks { .. } | A2aError::Conflict { .. } => -32000,
         }
     }
 
@@ -134,6 +153,8 @@ impl A2aError {
         match self {
             A2aError::TaskNotFound { .. } | A2aError::MethodNotFound(_) => 404,
             A2aError::InvalidAgentResponse | A2aError::Internal => 500,
+            A2aError::TooManyTasks { .. } => 429,
+            A2aError::Conflict { .. } => 409,
             _ => 400,
         }
     }
@@ -154,6 +175,8 @@ impl A2aError {
             | A2aError::InvalidParams { .. } => "INVALID_ARGUMENT",
             A2aError::MethodNotFound(_) => "UNIMPLEMENTED",
             A2aError::InvalidAgentResponse | A2aError::Internal => "INTERNAL",
+            A2aError::TooManyTasks { .. } => "RESOURCE_EXHAUSTED",
+            A2aError::Conflict { .. } => "ABORTED",
         }
     }
 
@@ -174,7 +197,9 @@ impl A2aError {
             | A2aError::InvalidRequest(_)
             | A2aError::MethodNotFound(_)
             | A2aError::InvalidParams { .. }
-            | A2aError::Internal => return None,
+            | A2aError::Internal
+            | A2aError::TooManyTasks { .. }
+            | A2aError::Conflict { .. } => return None,
         })
     }
 

@@ -751,6 +751,10 @@ string_enum!(
     } default Translator
 );
 
+/// Agents for tests and conformance runs, built into the node and served when
+/// `agents.<id>.enabled` (never offered to peers through `services`).
+pub const TEST_AGENTS: &[&str] = &["echo"];
+
 /// Per-agent settings, one file per agent in `agents/<name>.yaml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -507,6 +507,43 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
         }
     }
 
+    // The A2A runtime.
+    let a = &c.a2a;
+    if let Some(u) = &a.public_url {
+        let ok = url::Url::parse(u).is_ok_and(|p| {
+            matches!(p.scheme(), "http" | "https")
+                && p.host_str().is_some()
+                && p.query().is_none()
+                && p.fragment().is_none()
+        });
+        if !ok {
+            cx.error("a2a.public_url", format!("`{u}` must be an absolute http(s) URL without query or fragment, e.g. https://node.example"));
+        }
+    }
+    if let Some(d) = &a.default_agent
+        && !c.agents.get(d).is_some_and(|x| x.enabled)
+    {
+        cx.error(
+            "a2a.default_agent",
+            format!("`{d}` is not an enabled agent under `agents`"),
+        );
+    }
+    for (field, v) in [
+        ("max_tasks_per_principal", a.max_tasks_per_principal),
+        ("max_part_bytes", a.max_part_bytes),
+        ("max_parts", a.max_parts),
+        ("max_history", a.max_history),
+        ("max_artifact_bytes", a.max_artifact_bytes),
+        ("push.max_attempts", a.push.max_attempts),
+    ] {
+        if v == 0 {
+            cx.error(&format!("a2a.{field}"), "must be at least 1");
+        }
+    }
+    if a.push.timeout.get().is_zero() {
+        cx.error("a2a.push.timeout", "must be longer than 0s");
+    }
+
     // Agent services.
     let mut seen = BTreeSet::new();
     for (i, s) in c.services.iter().enumerate() {
@@ -525,10 +562,13 @@ pub fn validate(c: &Config, tree: &Node, caps: &Capabilities, out: &mut Diagnost
     for (name, agent) in &c.agents {
         let path = format!("agents.{name}");
         match name.parse::<AgentService>() {
+            // Built-in test agents are served when enabled, never offered to peers.
+            Err(_) if crate::model::TEST_AGENTS.contains(&name.as_str()) => {}
             Err(_) => {
                 let mut msg = format!(
-                    "`{name}` is not an agent service; expected one of: {}",
-                    AgentService::ALL.join(", ")
+                    "`{name}` is not an agent service; expected one of: {} (or the test agent {})",
+                    AgentService::ALL.join(", "),
+                    crate::model::TEST_AGENTS.join(", ")
                 );
                 if let Some(s) = did_you_mean(name, AgentService::ALL.iter().copied()) {
                     msg.push_str(&format!(" (did you mean `{s}`?)"));

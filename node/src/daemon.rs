@@ -395,6 +395,8 @@ async fn serve(
         });
     }
     let events = EventRecorder::new(stores.db.clone(), bus, &node_id);
+    let agents = crate::a2a::build(cfg, &stores.db, events.bus().clone(), &node_id, &tasks)
+        .context("starting the agent runtime")?;
     let boot = Arc::new(c.loaded);
     let config = ConfigRuntime::new(
         c.dir,
@@ -417,6 +419,7 @@ async fn serve(
         fed: fed.as_ref().map(|f| f.handle.clone()),
         vectors: stores.vectors,
         cache,
+        agents,
         started: Instant::now(),
         started_at,
         listen: addr,

@@ -10,11 +10,12 @@ CREATE TABLE a2a_tasks (
     created_ms BIGINT NOT NULL,
     updated_ms BIGINT NOT NULL,   -- the status timestamp
     seq BIGINT NOT NULL,          -- last event number (a2a_task_events.seq); optimistic lock
+    lease_ms BIGINT NOT NULL,     -- a turn runs on some replica until then (renewed); 0: none
     record TEXT NOT NULL
 );
 CREATE INDEX a2a_tasks_owner ON a2a_tasks (agent, owner, updated_ms, id);
 CREATE INDEX a2a_tasks_agent ON a2a_tasks (agent, updated_ms, id);
-CREATE INDEX a2a_tasks_state ON a2a_tasks (state);
+CREATE INDEX a2a_tasks_state ON a2a_tasks (state, lease_ms);
 
 -- Idempotent send: a messageId is accepted once per agent and principal.
 CREATE TABLE a2a_messages (

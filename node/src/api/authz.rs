@@ -3,6 +3,8 @@
 //! | routes | role |
 //! |---|---|
 //! | `/healthz`, `/readyz`, `/.well-known/oauth-protected-resource` | open |
+//! | `GET` agent cards (`/.well-known/agent-card.json`, `/a2a/<agent>/.well-known/agent-card.json`) | open |
+//! | `/a2a/<agent>/...` (A2A calls; a caller sees only its own tasks, admins all) | agent |
 //! | `/metrics` | open, or viewer with `api.metrics_auth: viewer` |
 //! | every `GET`, `PUT /api/config/validate` | viewer |
 //! | `POST /api/peers/dial` | operator |
@@ -43,6 +45,13 @@ pub const LOCAL_ONLY: &[&str] = &[
 pub fn required_role(method: &Method, route: &str, metrics_auth: MetricsAuth) -> Option<Role> {
     match (method.as_str(), route) {
         (_, "/healthz" | "/readyz" | METADATA_PATH) => None,
+        // Agent cards are public (spec §8.2); what they describe needs a token.
+        (
+            "GET" | "HEAD",
+            "/.well-known/agent-card.json" | "/a2a/{agent}/.well-known/agent-card.json",
+        ) => None,
+        // A2A calls: the `agent` role; each caller sees only its own tasks (admins: all).
+        (_, r) if r.starts_with("/a2a/") => Some(Role::Agent),
         (_, "/metrics") => match metrics_auth {
             MetricsAuth::None => None,
             MetricsAuth::Viewer => Some(Role::Viewer),
@@ -60,7 +69,7 @@ fn scope(role: Role) -> String {
     format!("kos:{role}")
 }
 
-fn base_url(headers: &HeaderMap, tls: bool) -> String {
+pub(crate) fn base_url(headers: &HeaderMap, tls: bool) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

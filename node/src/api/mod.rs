@@ -35,7 +35,11 @@
 //! | PUT | `/api/vectors/{name}/points` | upsert points (admin) |
 //! | POST | `/api/vectors/{name}/points/delete` | delete points by id (admin) |
 //! | POST | `/api/vectors/{name}/search` | top-k search with a payload filter (admin) |
+//! | GET | `/api/agents` | hosted agents with their card URLs |
+//! | GET | `/.well-known/agent-card.json` | the node's A2A card (open) |
+//! | * | `/a2a/<agent>/...` | A2A v1.0 bindings of a hosted agent; see [`a2a`] |
 
+pub mod a2a;
 pub mod authz;
 mod config;
 pub mod conn_limit;
@@ -135,6 +139,27 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/vectors/{name}/search", post(vectors::search))
         .route(authz::METADATA_PATH, get(authz::metadata))
+        .route("/api/agents", get(a2a::list_agents))
+        .route("/.well-known/agent-card.json", get(a2a::node_card))
+        .route("/a2a/{agent}/.well-known/agent-card.json", get(a2a::card))
+        .route("/a2a/{agent}/jsonrpc", post(a2a::jsonrpc))
+        .route("/a2a/{agent}/jsonrpc/", post(a2a::jsonrpc))
+        .route("/a2a/{agent}/message:send", post(a2a::message_send))
+        .route("/a2a/{agent}/message:stream", post(a2a::message_stream))
+        .route("/a2a/{agent}/tasks", get(a2a::list_tasks))
+        .route(
+            "/a2a/{agent}/tasks/{task}",
+            get(a2a::task_get).post(a2a::task_post),
+        )
+        .route(
+            "/a2a/{agent}/tasks/{task}/pushNotificationConfigs",
+            get(a2a::push_list).post(a2a::push_create),
+        )
+        .route(
+            "/a2a/{agent}/tasks/{task}/pushNotificationConfigs/{config}",
+            get(a2a::push_one).delete(a2a::push_one),
+        )
+        .route("/a2a/{agent}/extendedAgentCard", get(a2a::extended_card))
         // Innermost: only callers that passed authorization take a body permit.
         .route_layer(middleware::from_fn_with_state(bodies, limit_bodies))
         .route_layer(middleware::from_fn_with_state(

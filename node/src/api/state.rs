@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::a2a::host::AgentHost;
 use crate::auth::Authenticator;
 use crate::cache::Cache;
 use crate::fedsync::FedSync;
@@ -35,6 +36,8 @@ pub struct ApiState {
     pub vectors: Option<Arc<dyn VectorStore>>,
     /// Best-effort cache (`storage.cache`).
     pub cache: Cache,
+    /// The A2A agent host, when the configuration enables an agent.
+    pub agents: Option<AgentHost>,
     pub started: Instant,
     pub started_at: SystemTime,
     /// The API's bound address.

@@ -1,0 +1,838 @@
+//! The A2A v1.0 bindings of the hosted agents (spec §9 JSON-RPC, §11 HTTP+JSON), over
+//! [`crate::a2a::host::AgentHost`].
+//!
+//! | method | path (under `/a2a/<agent>`) | operation |
+//! |---|---|---|
+//! | GET | `/.well-known/agent-card.json` | the agent's signed card (open) |
+//! | POST | `/jsonrpc`, `/jsonrpc/` | JSON-RPC 2.0, every method |
+//! | POST | `/message:send`, `/message:stream` | SendMessage, SendStreamingMessage (SSE) |
+//! | GET | `/tasks`, `/tasks/{id}` | ListTasks, GetTask |
+//! | POST | `/tasks/{id}:cancel` | CancelTask |
+//! | GET, POST | `/tasks/{id}:subscribe` | SubscribeToTask (SSE) |
+//! | POST, GET | `/tasks/{id}/pushNotificationConfigs` | create, list push configs |
+//! | GET, DELETE | `/tasks/{id}/pushNotificationConfigs/{config}` | get, delete one |
+//! | GET | `/extendedAgentCard` | GetExtendedAgentCard (not configured) |
+//!
+//! The node's own card is at `/.well-known/agent-card.json` (the default agent's, see
+//! `a2a.default_agent`); `GET /api/agents` lists the hosted agents with their card URLs.
+//!
+//! Every operation needs `A2A-Version: 1.0` (header or query parameter); a request without it
+//! is taken as 0.3, which this node does not serve (`VersionNotSupportedError`). Errors are
+//! A2A's: `google.rpc.Status` with an `ErrorInfo` on HTTP+JSON, JSON-RPC error objects with
+//! the same details in `error.data`. Internal failures are logged and answered as
+//! "internal error" without detail.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use kos_agents::A2aError;
+use kos_agents::card::{
+    AgentProvider, HttpAuthSecurityScheme, OpenIdConnectSecurityScheme, SecurityRequirement,
+    SecurityScheme, StringList,
+};
+use kos_agents::jsonrpc::{A2aRequest, JsonRpcResponse, RequestId, parse_request};
+use kos_agents::requests::{
+    CancelTaskRequest, GetTaskRequest, ListTaskPushNotificationConfigsRequest, ListTasksRequest,
+    SendMessageRequest, SubscribeToTaskRequest, TaskPushNotificationConfig,
+    TaskPushNotificationConfigRef,
+};
+use kos_agents::signing::{self, CardContext};
+#[cfg(test)]
+use kos_agents::types::TaskState;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use super::AppState;
+use crate::a2a::host::{AgentHost, Caller, EventStream};
+use crate::a2a::push::PushError;
+use crate::auth::{Principal, Role};
+
+/// The protocol version served.
+pub const VERSION: &str = "1.0";
+const VERSION_HEADER: &str = "a2a-version";
+/// How long the public cards may be cached.
+const CARD_MAX_AGE: u32 = 300;
+const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// An A2A error in the HTTP+JSON binding.
+#[derive(Debug)]
+pub struct RestError(A2aError);
+
+impl IntoResponse for RestError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        (status, axum::Json(self.0.to_rest_body())).into_response()
+    }
+}
+
+impl From<A2aError> for RestError {
+    fn from(e: A2aError) -> Self {
+        RestError(e)
+    }
+}
+
+pub type RestResult = Result<Response, RestError>;
+
+fn host(state: &AppState) -> Result<&AgentHost, A2aError> {
+    state
+        .agents
+        .as_ref()
+        .ok_or_else(|| A2aError::UnsupportedOperation("this node hosts no agents".into()))
+}
+
+/// The caller of a request (set by `authz::authorize`); an open API has one anonymous caller.
+fn caller(req_principal: Option<&Principal>) -> Caller {
+    match req_principal {
+        Some(p) => Caller {
+            owner: format!("{}:{}", p.source, p.sub),
+            admin: p.role >= Role::Admin,
+        },
+        None => Caller {
+            owner: "anonymous".into(),
+            admin: false,
+        },
+    }
+}
+
+/// Checks `A2A-Version` (header, else query parameter); absent means 0.3.
+fn check_version(headers: &HeaderMap, query: Option<&str>) -> Result<(), A2aError> {
+    let from_query = query.and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k.eq_ignore_ascii_case("A2A-Version"))
+            .map(|(_, v)| v.into_owned())
+    });
+    let requested = headers
+        .get(VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
+        .or(from_query)
+        .unwrap_or_else(|| "0.3".into());
+    if requested == VERSION || requested == "1" {
+        Ok(())
+    } else {
+        Err(A2aError::VersionNotSupported {
+            requested,
+            supported: VERSION.into(),
+        })
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), A2aError> {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(());
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json" || essence == "application/a2a+json" {
+        Ok(())
+    } else {
+        Err(A2aError::InvalidRequest(format!(
+            "content type {essence} is not accepted; send application/json or application/a2a+json"
+        )))
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, A2aError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(A2aError::invalid_params("the request body is empty"));
+    }
+    serde_json::from_slice(body).map_err(|e| A2aError::invalid_params(e.to_string()))
+}
+
+fn ok_json<T: serde::Serialize>(v: &T) -> RestResult {
+    let body = serde_json::to_vec(v).map_err(|_| A2aError::Internal)?;
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// Request parts every A2A handler reads.
+struct Ctx {
+    state: AppState,
+    caller: Caller,
+}
+
+fn ctx(state: AppState, req: &Request) -> Result<Ctx, A2aError> {
+    check_version(req.headers(), req.uri().query())?;
+    let caller = caller(req.extensions().get::<Principal>());
+    Ok(Ctx { state, caller })
+}
+
+async fn body_of(req: Request) -> Result<Bytes, A2aError> {
+    check_content_type(req.headers())?;
+    axum::body::to_bytes(req.into_body(), usize::MAX)
+        .await
+        .map_err(|_| A2aError::InvalidRequest("the request body is too large or unreadable".into()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP+JSON
+// ---------------------------------------------------------------------------------------------
+
+/// `POST /a2a/{agent}/message:send`.
+pub async fn message_send(
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+    req: Request,
+) -> RestResult {
+    let c = ctx(state, &req)?;
+    let body = body_of(req).await?;
+    let r: SendMessageRequest = parse_json(&body)?;
+    let out = host(&c.state)?.send_message(&agent, &c.caller, r).await?;
+    ok_json(&out)
+}
+
+/// `POST /a2a/{agent}/message:stream`.
+pub async fn message_stream(
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+    req: Request,
+) -> RestResult {
+    let c = ctx(state, &req)?;
+    let body = body_of(req).await?;
+    let r: SendMessageRequest = parse_json(&body)?;
+    let s = host(&c.state)?.send_streaming(&agent, &c.caller, r).await?;
+    Ok(sse(rest_events(s)))
+}
+
+/// `GET /a2a/{agent}/tasks`.
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+    req: Request,
+) -> RestResult {
+    let c = ctx(state, &req)?;
+    let q = list_query(req.uri().query().unwrap_or(""))?;
+    let out = host(&c.state)?.list_tasks(&agent, &c.caller, &q).await?;
+    ok_json(&out)
+}
+
+/// The query of `GET /tasks` (camelCase names as in the proto, `A2A-Version` ignored).
+fn list_query(query: &str) -> Result<ListTasksRequest, A2aError> {
+    let mut obj = serde_json::Map::new();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        let value = match k.as_ref() {
+            "pageSize" | "historyLength" => Value::from(
+                v.parse::<i64>()
+                    .map_err(|_| A2aError::invalid_field(&k, "must be an integer"))?,
+            ),
+            "includeArtifacts" => Value::Bool(match v.as_ref() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(A2aError::invalid_field(&k, "must be true or false")),
+            }),
+            "contextId" | "status" | "pageToken" | "statusTimestampAfter" | "tenant" => {
+                Value::String(v.into_owned())
+            }
+            k if k.eq_ignore_ascii_case("A2A-Version") => continue,
+            other => {
+                return Err(A2aError::invalid_field(
+                    other,
+                    "is not a parameter of ListTasks",
+                ));
+            }
+        };
+        obj.insert(k.into_owned(), value);
+    }
+    serde_json::from_value(Value::Object(obj)).map_err(|e| A2aError::invalid_params(e.to_string()))
+}
+
+/// Splits `id:action` (the colon form of custom methods).
+fn split_action(segment: &str) -> (&str, Option<&str>) {
+    match segment.rsplit_once(':') {
+        Some((id, action)) => (id, Some(action)),
+        None => (segment, None),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct HistoryQuery {
+    #[serde(rename = "historyLength")]
+    history_length: Option<String>,
+}
+
+/// `GET /a2a/{agent}/tasks/{id}` and `GET /a2a/{agent}/tasks/{id}:subscribe`.
+pub async fn task_get(
+    State(state): State<AppState>,
+    Path((agent, segment)): Path<(String, String)>,
+    req: Request,
+) -> RestResult {
+    let c = ctx(state, &req)?;
+    let (id, action) = split_action(&segment);
+    match action {
+        None => {
+            let q: Query<HistoryQuery> = Query::try_from_uri(req.uri())
+                .map_err(|e| A2aError::invalid_params(e.body_text()))?;
+            let history = match q.0.history_length {
+                None => None,
+                Some(v) => kos_agents::requests::history_length(
+                    Some(v.parse().map_err(|_| {
+                        A2aError::invalid_field("historyLength", "must be an integer")
+                    })?),
+                    "historyLength",
+                )?,
+            };
+            let t = host(&c.state)?
+                .get_task(&agent, &c.caller, id, history)
+                .await?;
+            ok_json(&t)
+        }
+        Some("subscribe") => {
+            let s = host(&c.state)?.subscribe(&agent, &c.caller, id).await?;
+            Ok(sse(rest_events(s)))
+        }
+        Some(other) => Err(A2aError::MethodNotFound(format!("GET tasks/{{id}}:{other}")).into()),
+    }
+}
+
+/// `POST /a2a/{agent}/tasks/{id}:cancel` and `POST /a2a/{agent}/tasks/{id}:subscribe`.
+pub async fn task_post(
+    State(state): State<AppState>,
+    Path((agent, segment)): Path<(String, String)>,
+    req: Request,
+) -> RestResult {
+    let c = ctx(state, &req)?;
+    let (id, action) = split_action(&segment);
+    match action {
+        Some("cancel") => {
+            let t = host(&c.state)?.cancel_task(&agent, &c.caller, id).await?;
+            ok_json(&t)
+        }
+        Some("subscribe") => {
+            let s = host(&c.state)?.subscribe(&agent, &c.caller, id).await?;
+            Ok(sse(rest_events(s)))
+        }
+        _ => Err(A2aError::MethodNotFound(format!("POST tasks/{segment}")).into()),
+    }
+}
+
+/// `POST /a2a/{agent}/tasks/{id}/pushNotificationConfigs`.
+pub async fn push_create(
+    State(state): State<AppState>,
+    Path((agent, task_id)): Path<(String, String)>,
+    req: Request,
+) -> RestResult {
+    let c = ctx(state, &req)?;
+    let body = body_of(req).await?;
+    let mut cfg: TaskPushNotificationConfig = parse_json(&body)?;
+    if !cfg.task_id.is_empty() && cfg.task_id != task_id {
+        return Err(A2aError::invalid_field("taskId", "differs from the task in the path").into());
+    }
+    cfg.task_id = task_id;
+    let out = push_op(
+        &c,
+        &agent,
+        A2aRequest::CreateTaskPushNotificationConfig(cfg),
+    )
+    .await?;
+    ok_json(&out)
+}
+
+/// `GET /a2a/{agent}/tasks/{id}/pushNotificationConfigs`.
+pub async fn push_list(
+    State(state): State<AppState>,
+    Path((agent, task_id)): Path<(String, String)>,
+    req: Request,
+) -> RestResult {
+    let c = ctx(state, &req)?;
+    let mut r = ListTaskPushNotificationConfigsRequest {
+        tenant: String::new(),
+        task_id,
+        page_size: 0,
+        page_token: String::new(),
+    };
+    for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "pageSize" => {
+                r.page_size = v
+                    .parse()
+                    .map_err(|_| A2aError::invalid_field("pageSize", "must be an integer"))?;
+            }
+            "pageToken" => r.page_token = v.into_owned(),
+            _ => {}
+        }
+    }
+    let out = push_op(&c, &agent, A2aRequest::ListTaskPushNotificationConfigs(r)).await?;
+    ok_json(&out)
+}
+
+/// `GET` and `DELETE /a2a/{agent}/tasks/{id}/pushNotificationConfigs/{config}`.
+pub async fn push_one(
+    State(state): State<AppState>,
+    Path((agent, task_id, id)): Path<(String, String, String)>,
+    req: Request,
+) -> RestResult {
+    let c = ctx(state, &req)?;
+    let r = TaskPushNotificationConfigRef {
+        tenant: String::new(),
+        task_id,
+        id,
+    };
+    if req.method() == axum::http::Method::DELETE {
+        push_op(&c, &agent, A2aRequest::DeleteTaskPushNotificationConfig(r)).await?;
+        return ok_json(&json!({}));
+    }
+    let out = push_op(&c, &agent, A2aRequest::GetTaskPushNotificationConfig(r)).await?;
+    ok_json(&out)
+}
+
+/// `GET /a2a/{agent}/extendedAgentCard`.
+pub async fn extended_card(
+    State(state): State<AppState>,
+    Path(_agent): Path<String>,
+    req: Request,
+) -> RestResult {
+    let _c = ctx(state, &req)?;
+    Err(A2aError::ExtendedAgentCardNotConfigured.into())
+}
+
+/// Push config operations after the task is checked to be the caller's.
+async fn push_op(c: &Ctx, agent: &str, r: A2aRequest) -> Result<Value, A2aError> {
+    let host = host(&c.state)?;
+    let Some(push) = host.push() else {
+        return Err(A2aError::PushNotificationNotSupported);
+    };
+    let task_id = match &r {
+        A2aRequest::CreateTaskPushNotificationConfig(cfg) => cfg.task_id.clone(),
+        A2aRequest::GetTaskPushNotificationConfig(r)
+        | A2aRequest::DeleteTaskPushNotificationConfig(r) => r.task_id.clone(),
+        A2aRequest::ListTaskPushNotificationConfigs(r) => r.task_id.clone(),
+        _ => return Err(A2aError::Internal),
+    };
+    let task = host.check_visible(agent, &c.caller, &task_id).await?;
+    let enc = |v: &dyn erased::Ser| v.to_value();
+    match r {
+        A2aRequest::CreateTaskPushNotificationConfig(cfg) => {
+            if task.status.state.is_terminal() {
+                return Err(A2aError::UnsupportedOperation(format!(
+                    "task {task_id} is {} and sends no more notifications",
+                    task.status.state
+                )));
+            }
+            push.validate_config(&cfg, "").await?;
+            enc(&push
+                .create_config(&task_id, cfg)
+                .await
+                .map_err(PushError::into_a2a)?)
+        }
+        A2aRequest::GetTaskPushNotificationConfig(r) => {
+            match push
+                .get_config(&r.task_id, &r.id)
+                .await
+                .map_err(store_error)?
+            {
+                Some(cfg) => enc(&cfg),
+                // The spec names no error for an unknown config; the task's is the closest.
+                None => Err(A2aError::TaskNotFound { task_id: r.task_id }),
+            }
+        }
+        A2aRequest::ListTaskPushNotificationConfigs(r) => {
+            enc(&push.list_configs(&r).await.map_err(PushError::into_a2a)?)
+        }
+        A2aRequest::DeleteTaskPushNotificationConfig(r) => {
+            // Deleting a config that is not there is done already (idempotent).
+            push.delete_config(&r.task_id, &r.id)
+                .await
+                .map_err(store_error)?;
+            Ok(json!({}))
+        }
+        _ => Err(A2aError::Internal),
+    }
+}
+
+fn store_error(e: crate::store::StoreError) -> A2aError {
+    tracing::warn!(error = %e, "a2a: push config store error");
+    A2aError::Internal
+}
+
+/// Serializes answers of different types through one path.
+mod erased {
+    pub trait Ser {
+        fn to_value(&self) -> Result<serde_json::Value, kos_agents::A2aError>;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn to_value(&self) -> Result<serde_json::Value, kos_agents::A2aError> {
+            serde_json::to_value(self).map_err(|_| kos_agents::A2aError::Internal)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SSE
+// ---------------------------------------------------------------------------------------------
+
+/// An SSE item: a data event, or an error event (`event: error`).
+enum Item {
+    Data(Value),
+    Error(Value),
+}
+
+fn sse(s: impl Stream<Item = Item> + Send + 'static) -> Response {
+    let events = s.map(|item| {
+        Ok::<_, Infallible>(match item {
+            Item::Data(v) => Event::default().data(v.to_string()),
+            Item::Error(v) => Event::default().event("error").data(v.to_string()),
+        })
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
+        .into_response()
+}
+
+/// HTTP+JSON stream items: `StreamResponse` objects, an error as `{"error": Status}`.
+fn rest_events(s: EventStream) -> impl Stream<Item = Item> + Send + 'static {
+    s.map(|item| match item {
+        Ok(e) => match serde_json::to_value(&e) {
+            Ok(v) => Item::Data(v),
+            Err(_) => Item::Error(A2aError::Internal.to_rest_body()),
+        },
+        Err(e) => Item::Error(e.to_rest_body()),
+    })
+}
+
+/// JSON-RPC stream items: one response object per event, with the request's id.
+fn rpc_events(id: RequestId, s: EventStream) -> impl Stream<Item = Item> + Send + 'static {
+    s.map(move |item| {
+        let resp = match item {
+            Ok(e) => JsonRpcResponse::success(id.clone(), &e)
+                .unwrap_or_else(|e| JsonRpcResponse::failure(id.clone(), &e)),
+            Err(e) => JsonRpcResponse::failure(id.clone(), &e),
+        };
+        let v = serde_json::to_value(&resp).unwrap_or(Value::Null);
+        if v.get("error").is_some() {
+            Item::Error(v)
+        } else {
+            Item::Data(v)
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON-RPC
+// ---------------------------------------------------------------------------------------------
+
+fn rpc_answer(resp: &JsonRpcResponse) -> Response {
+    match serde_json::to_vec(resp) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// `POST /a2a/{agent}/jsonrpc` (and with a trailing slash).
+pub async fn jsonrpc(
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+    req: Request,
+) -> Response {
+    let version = check_version(req.headers(), req.uri().query());
+    let caller = caller(req.extensions().get::<Principal>());
+    let body = match body_of(req).await {
+        Ok(b) => b,
+        Err(e) => return rpc_answer(&JsonRpcResponse::failure(RequestId::Null, &e)),
+    };
+    let (id, call) = match parse_request(&body) {
+        Ok(x) => x,
+        Err(rejected) => {
+            return rpc_answer(&JsonRpcResponse::failure(rejected.id, &rejected.error));
+        }
+    };
+    if let Err(e) = version {
+        return rpc_answer(&JsonRpcResponse::failure(id, &e));
+    }
+    let c = Ctx { state, caller };
+    match rpc_call(&c, &agent, call).await {
+        Ok(RpcOut::Value(v)) => rpc_answer(
+            &JsonRpcResponse::success(id.clone(), &v)
+                .unwrap_or_else(|e| JsonRpcResponse::failure(id, &e)),
+        ),
+        Ok(RpcOut::Stream(s)) => sse(rpc_events(id, s)),
+        Err(e) => rpc_answer(&JsonRpcResponse::failure(id, &e)),
+    }
+}
+
+enum RpcOut {
+    Value(Value),
+    Stream(EventStream),
+}
+
+async fn rpc_call(c: &Ctx, agent: &str, call: A2aRequest) -> Result<RpcOut, A2aError> {
+    let host = host(&c.state)?;
+    let value = |v: &dyn erased::Ser| v.to_value().map(RpcOut::Value);
+    match call {
+        A2aRequest::SendMessage(r) => value(&host.send_message(agent, &c.caller, r).await?),
+        A2aRequest::SendStreamingMessage(r) => Ok(RpcOut::Stream(
+            host.send_streaming(agent, &c.caller, r).await?,
+        )),
+        A2aRequest::GetTask(GetTaskRequest {
+            id, history_length, ..
+        }) => {
+            let history = kos_agents::requests::history_length(history_length, "historyLength")?;
+            value(&host.get_task(agent, &c.caller, &id, history).await?)
+        }
+        A2aRequest::ListTasks(r) => value(&host.list_tasks(agent, &c.caller, &r).await?),
+        A2aRequest::CancelTask(CancelTaskRequest { id, .. }) => {
+            value(&host.cancel_task(agent, &c.caller, &id).await?)
+        }
+        A2aRequest::SubscribeToTask(SubscribeToTaskRequest { id, .. }) => {
+            Ok(RpcOut::Stream(host.subscribe(agent, &c.caller, &id).await?))
+        }
+        A2aRequest::GetExtendedAgentCard(_) => Err(A2aError::ExtendedAgentCardNotConfigured),
+        push => push_op(c, agent, push).await.map(RpcOut::Value),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cards
+// ---------------------------------------------------------------------------------------------
+
+/// The card context of this node for a request: its public base URL and real auth.
+fn card_context(state: &AppState, headers: &HeaderMap) -> CardContext {
+    let cfg = state.config.current();
+    let a2a = &cfg.config.a2a;
+    let base_url = a2a
+        .public_url
+        .clone()
+        .unwrap_or_else(|| super::authz::base_url(headers, cfg.config.api.tls.is_some()));
+    let mut schemes = std::collections::BTreeMap::new();
+    let mut requirements = Vec::new();
+    if state.auth.enabled() {
+        schemes.insert(
+            "bearer".to_owned(),
+            SecurityScheme::HttpAuth(HttpAuthSecurityScheme {
+                description:
+                    "A JWT from `kos token create` or from the node's OpenID Connect provider."
+                        .into(),
+                scheme: "Bearer".into(),
+                bearer_format: "JWT".into(),
+            }),
+        );
+        requirements.push(SecurityRequirement {
+            schemes: [("bearer".to_owned(), StringList { list: vec![] })].into(),
+        });
+        if let Some(oidc) = state.auth.oidc() {
+            schemes.insert(
+                "oidc".to_owned(),
+                SecurityScheme::OpenIdConnect(OpenIdConnectSecurityScheme {
+                    description: "The node's OpenID Connect provider; send its access token as a bearer token.".into(),
+                    open_id_connect_url: format!(
+                        "{}/.well-known/openid-configuration",
+                        oidc.issuer().trim_end_matches('/')
+                    ),
+                }),
+            );
+            requirements.push(SecurityRequirement {
+                schemes: [("oidc".to_owned(), StringList { list: vec![] })].into(),
+            });
+        }
+    }
+    CardContext {
+        base_url,
+        security_schemes: schemes,
+        security_requirements: requirements,
+        push_notifications: state.agents.as_ref().is_some_and(|h| h.push().is_some()),
+        extended_agent_card: false,
+        provider: Some(AgentProvider {
+            organization: cfg
+                .config
+                .node
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("kOS node {}", state.identity.id())),
+            url: base_url_or_empty(&a2a.public_url),
+        }),
+        documentation_url: None,
+    }
+}
+
+fn base_url_or_empty(u: &Option<String>) -> String {
+    u.clone().unwrap_or_default()
+}
+
+/// The signed card of a hosted agent as JSON.
+pub fn agent_card(state: &AppState, headers: &HeaderMap, agent: &str) -> Result<Value, A2aError> {
+    let host = host(state)?;
+    let Some(d) = host.descriptor(agent) else {
+        return Err(A2aError::MethodNotFound(format!("agent {agent}")));
+    };
+    let ctx = card_context(state, headers);
+    let mut card = signing::build_card(d, &ctx).map_err(|e| {
+        tracing::warn!(error = %e, "a2a: cannot build a card");
+        A2aError::Internal
+    })?;
+    signing::sign_card(
+        &mut card,
+        state.identity.signing_key(),
+        &state.identity.id().to_string(),
+    )
+    .map_err(|_| A2aError::Internal)?;
+    serde_json::to_value(&card).map_err(|_| A2aError::Internal)
+}
+
+fn card_response(state: &AppState, headers: &HeaderMap, card: &Value) -> Response {
+    let body = card.to_string();
+    let etag = format!(
+        "\"{}\"",
+        hex::encode(&sha2::Sha256::digest(body.as_bytes())[..16])
+    );
+    let last_modified = httpdate::fmt_http_date(state.started_at);
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut resp = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response()
+    };
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&last_modified) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={CARD_MAX_AGE}")) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    resp
+}
+
+/// `GET /a2a/{agent}/.well-known/agent-card.json`.
+pub async fn card(
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+    headers: HeaderMap,
+) -> RestResult {
+    let card = agent_card(&state, &headers, &agent)?;
+    Ok(card_response(&state, &headers, &card))
+}
+
+/// The agent behind the node's own card.
+fn default_agent(state: &AppState) -> Option<String> {
+    let host = state.agents.as_ref()?;
+    let cfg = state.config.current();
+    match &cfg.config.a2a.default_agent {
+        Some(a) => host.descriptor(a).map(|d| d.id.clone()),
+        None => host.descriptors().next().map(|d| d.id.clone()),
+    }
+}
+
+/// `GET /.well-known/agent-card.json`: the node's card (its default agent's).
+pub async fn node_card(State(state): State<AppState>, headers: HeaderMap) -> RestResult {
+    let Some(agent) = default_agent(&state) else {
+        return Err(A2aError::MethodNotFound(
+            "this node hosts no agents (see `agents` in the configuration)".into(),
+        )
+        .into());
+    };
+    let card = agent_card(&state, &headers, &agent)?;
+    Ok(card_response(&state, &headers, &card))
+}
+
+/// `GET /api/agents`: the hosted agents with their card URLs.
+pub async fn list_agents(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let ctx = card_context(&state, &headers);
+    let local: Vec<Value> = state
+        .agents
+        .iter()
+        .flat_map(|h| h.descriptors())
+        .map(|d| {
+            json!({
+                "id": d.id,
+                "name": d.name,
+                "description": d.description,
+                "skills": d.skills.iter().map(|s| &s.id).collect::<Vec<_>>(),
+                "node": state.identity.id().to_string(),
+                "local": true,
+                "cardUrl": signing::card_url(&ctx.base_url, &d.id).unwrap_or_default(),
+            })
+        })
+        .collect();
+    super::json(StatusCode::OK, json!({"agents": local}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(
+            check_version(&h, None),
+            Err(A2aError::VersionNotSupported { ref requested, .. }) if requested == "0.3"
+        ));
+        assert!(check_version(&h, Some("A2A-Version=1.0")).is_ok());
+        h.insert("A2A-Version", HeaderValue::from_static("1.0"));
+        assert!(check_version(&h, None).is_ok());
+        h.insert("A2A-Version", HeaderValue::from_static("2.0"));
+        assert!(check_version(&h, Some("A2A-Version=1.0")).is_err());
+    }
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert!(check_content_type(&h).is_ok());
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/a2a+json; charset=utf-8"),
+        );
+        assert!(check_content_type(&h).is_ok());
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(check_content_type(&h).is_err());
+    }
+
+    #[test]
+    fn list_queries() {
+        let q = list_query("contextId=c1&status=TASK_STATE_WORKING&pageSize=2&A2A-Version=1.0")
+            .unwrap_or_default();
+        assert_eq!(
+            (q.context_id.as_str(), q.status, q.page_size),
+            ("c1", Some(TaskState::Working), Some(2))
+        );
+        assert!(list_query("pageSize=x").is_err());
+        assert!(list_query("bogus=1").is_err());
+        assert!(list_query("status=TASK_STATE_NOPE").is_err());
+    }
+
+    #[test]
+    fn actions_split_at_the_last_colon() {
+        assert_eq!(split_action("abc:cancel"), ("abc", Some("cancel")));
+        assert_eq!(split_action("abc"), ("abc", None));
+    }
+}
