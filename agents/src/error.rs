@@ -99,6 +99,15 @@ pub enum A2aError {
         /// The node's `a2a.max_tasks_per_principal`.
         limit: u32,
     },
+    /// The peer that hosts a remote agent cannot be reached over KLP (HTTP 502,
+    /// `UNAVAILABLE`, JSON-RPC `-32000`).
+    #[error("the peer {peer} hosting this agent cannot be reached: {why}")]
+    PeerUnavailable {
+        /// The peer's id.
+        peer: String,
+        /// What happened (no internals of this node).
+        why: String,
+    },
     /// The task changed on another replica while this request worked on it (JSON-RPC
     /// `-32000`, HTTP 409 `ABORTED`); retry.
     #[error("task {task_id} changed while this request ran; retry")]
@@ -142,7 +151,9 @@ impl A2aError {
             A2aError::MethodNotFound(_) => -32601,
             A2aError::InvalidParams { .. } => -32602,
             A2aError::Internal => -32603,
-            A2aError::TooManyTasks { .. } | A2aError::Conflict { .. } => -32000,
+            A2aError::TooManyTasks { .. }
+            | A2aError::Conflict { .. }
+            | A2aError::PeerUnavailable { .. } => -32000,
         }
     }
 
@@ -155,6 +166,7 @@ impl A2aError {
             A2aError::InvalidAgentResponse | A2aError::Internal => 500,
             A2aError::TooManyTasks { .. } => 429,
             A2aError::Conflict { .. } => 409,
+            A2aError::PeerUnavailable { .. } => 502,
             _ => 400,
         }
     }
@@ -177,6 +189,7 @@ impl A2aError {
             A2aError::InvalidAgentResponse | A2aError::Internal => "INTERNAL",
             A2aError::TooManyTasks { .. } => "RESOURCE_EXHAUSTED",
             A2aError::Conflict { .. } => "ABORTED",
+            A2aError::PeerUnavailable { .. } => "UNAVAILABLE",
         }
     }
 
@@ -199,7 +212,8 @@ impl A2aError {
             | A2aError::InvalidParams { .. }
             | A2aError::Internal
             | A2aError::TooManyTasks { .. }
-            | A2aError::Conflict { .. } => return None,
+            | A2aError::Conflict { .. }
+            | A2aError::PeerUnavailable { .. } => return None,
         })
     }
 

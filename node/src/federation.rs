@@ -33,15 +33,10 @@ pub fn klp_config(loaded: &Loaded, identity: &Identity, approved: Vec<PeerEntry>
         name,
         version: env!("CARGO_PKG_VERSION").into(),
         profile: c.profile.as_str().into(),
-        services: c
-            .services
-            .iter()
-            .map(|s| {
-                (
-                    s.as_str().to_string(),
-                    env!("CARGO_PKG_VERSION").to_string(),
-                )
-            })
+        // What peers can call: the agents this node serves under /a2a/<agent>.
+        services: crate::a2a::served_ids(c)
+            .into_iter()
+            .map(|id| (id, env!("CARGO_PKG_VERSION").to_string()))
             .collect(),
     };
     let mut cfg = KlpConfig::new(

@@ -128,6 +128,23 @@ impl HostSettings {
     }
 }
 
+/// A page of a task's events for a remote reader ([`AgentHost::events_since`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EventPage {
+    /// The last event number covered by this page (the next `after`).
+    pub seq: i64,
+    pub events: Vec<RemoteEvent>,
+}
+
+/// One event of an [`EventPage`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RemoteEvent {
+    pub seq: i64,
+    /// The `StreamResponse`; absent when it is larger than the page's budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<serde_json::Value>,
+}
+
 /// A task's events with their `seq`.
 pub type SeqStream = Pin<Box<dyn Stream<Item = Result<(i64, StreamResponse), A2aError>> + Send>>;
 
@@ -152,6 +169,8 @@ struct Inner {
     running: Mutex<HashMap<String, CancelToken>>,
     /// Turns running per owner.
     per_owner: Mutex<HashMap<String, u32>>,
+    /// Woken whenever a turn ended here (its slots are free again).
+    turn_ended: tokio::sync::Notify,
 }
 
 /// The agent host. Cheap to clone.
@@ -205,7 +224,7 @@ fn internal(e: impl std::fmt::Display) -> A2aError {
 }
 
 /// The event ends a `SendStreamingMessage` stream (the turn is over).
-fn ends_turn(e: &StreamResponse) -> bool {
+pub(crate) fn ends_turn(e: &StreamResponse) -> bool {
     match e {
         StreamResponse::Message(_) => true,
         StreamResponse::StatusUpdate(s) => s.status.state.ends_turn(),
@@ -215,7 +234,7 @@ fn ends_turn(e: &StreamResponse) -> bool {
 }
 
 /// The event ends a `SubscribeToTask` stream (the task is final).
-fn is_final(e: &StreamResponse) -> bool {
+pub(crate) fn is_final(e: &StreamResponse) -> bool {
     match e {
         StreamResponse::Message(_) => true,
         StreamResponse::StatusUpdate(s) => s.status.state.is_terminal(),
@@ -226,7 +245,7 @@ fn is_final(e: &StreamResponse) -> bool {
 
 /// Takes items up to and including the first one `last` accepts (or the first error), and
 /// ends right after it without waiting for another item.
-fn until_inclusive(
+pub(crate) fn until_inclusive(
     s: impl Stream<Item = Result<StreamResponse, A2aError>> + Send + 'static,
     last: fn(&StreamResponse) -> bool,
 ) -> impl Stream<Item = Result<StreamResponse, A2aError>> + Send + 'static {
@@ -319,6 +338,7 @@ impl AgentHost {
                 settings,
                 running: Mutex::new(HashMap::new()),
                 per_owner: Mutex::new(HashMap::new()),
+                turn_ended: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -962,6 +982,18 @@ impl AgentHost {
                 if waited.is_err() {
                     warn!(task_id, "a2a: the turn did not stop within the cancel wait");
                 }
+                // Answer once the turn is over here, so its slots are free for the caller's
+                // next message.
+                let _ = tokio::time::timeout(CANCEL_WAIT, async {
+                    loop {
+                        let ended = self.inner.turn_ended.notified();
+                        if !self.is_running(task_id) {
+                            return;
+                        }
+                        ended.await;
+                    }
+                })
+                .await;
                 let t = self.visible(agent_id, task_id, caller).await?;
                 return Ok(t.record.view(None, true));
             }
@@ -985,6 +1017,14 @@ impl AgentHost {
         Err(A2aError::Conflict {
             task_id: task_id.to_owned(),
         })
+    }
+
+    fn is_running(&self, task_id: &str) -> bool {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(task_id)
     }
 
     /// `SubscribeToTask`: the task, then its updates until it is final.
@@ -1021,6 +1061,67 @@ impl AgentHost {
         Box::pin(futures::stream::unfold(state, |mut st| async move {
             st.next().await.map(|item| (item, st))
         }))
+    }
+
+    /// The task's events after `after` for a remote reader (a peer following a task over
+    /// KLP): waits up to `wait` for the first one, then returns what is there within
+    /// `budget` bytes of JSON. `after: None` returns no events, only the current `seq`.
+    pub async fn events_since(
+        &self,
+        agent_id: &str,
+        caller: &Caller,
+        task_id: &str,
+        after: Option<i64>,
+        wait: Duration,
+        budget: usize,
+    ) -> Result<EventPage, A2aError> {
+        let t = self.visible(agent_id, task_id, caller).await?;
+        let Some(after) = after else {
+            return Ok(EventPage {
+                seq: t.seq,
+                events: Vec::new(),
+            });
+        };
+        let mut events = self
+            .inner
+            .store
+            .events_after(task_id, after, 64)
+            .await
+            .map_err(internal)?;
+        if events.is_empty() && !wait.is_zero() && !t.record.state().is_terminal() {
+            let mut follow = self.follow(task_id, after);
+            if let Ok(Some(first)) = tokio::time::timeout(wait, follow.next()).await {
+                events.push(first?);
+                // Whatever else arrived meanwhile.
+                events.extend(
+                    self.inner
+                        .store
+                        .events_after(task_id, events.last().map_or(after, |e| e.0), 63)
+                        .await
+                        .map_err(internal)?,
+                );
+            }
+        }
+        let mut out = Vec::new();
+        let mut used = 0usize;
+        for (seq, event) in events {
+            let value = serde_json::to_value(&event).map_err(internal)?;
+            let size = kos_agents::limits::json_size(&value);
+            if used + size > budget {
+                if out.is_empty() {
+                    // One event larger than the whole budget: say so instead of dropping it.
+                    out.push(RemoteEvent { seq, event: None });
+                }
+                break;
+            }
+            used += size;
+            out.push(RemoteEvent {
+                seq,
+                event: Some(value),
+            });
+        }
+        let seq = out.last().map_or(t.seq.max(after), |e| e.seq);
+        Ok(EventPage { seq, events: out })
     }
 
     /// A task the caller may see (for push config and remote routes).
@@ -1147,7 +1248,7 @@ async fn run_turn(inner: Arc<Inner>, s: TurnStart) {
         streaming,
         slot,
     } = s;
-    let _slot = slot;
+    let owner_slot = slot;
     let task_id = record.task().id.clone();
     let Some(hosted) = inner.agents.get(&agent_id) else {
         return;
@@ -1179,7 +1280,7 @@ async fn run_turn(inner: Arc<Inner>, s: TurnStart) {
         }
         () = &mut renew => return,
     };
-    let Ok(_permit) = permit else { return };
+    let Ok(agent_permit) = permit else { return };
     let cancel = CancelToken::new();
     inner
         .running
@@ -1249,11 +1350,6 @@ async fn run_turn(inner: Arc<Inner>, s: TurnStart) {
             () = &mut renew => End::Stopped,
         }
     };
-    inner
-        .running
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&task_id);
     match end {
         End::Done(state) => info!(task_id, state = %state, "a2a: turn ended"),
         End::TimedOut => {
@@ -1278,6 +1374,14 @@ async fn run_turn(inner: Arc<Inner>, s: TurnStart) {
     if let Err(e) = store.set_lease(&task_id, 0).await {
         warn!(task_id, error = %e, "a2a: cannot release a task's lease");
     }
+    drop(agent_permit);
+    drop(owner_slot);
+    inner
+        .running
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&task_id);
+    inner.turn_ended.notify_waiters();
 }
 
 /// The state of a [`AgentHost::follow`] stream.

@@ -11,6 +11,7 @@
 
 pub mod host;
 pub mod push;
+pub mod remote;
 pub mod store;
 
 use std::sync::Arc;
@@ -26,6 +27,15 @@ use host::{AgentHost, HostSettings, HostedAgent};
 
 /// Ids of the agents built into this node.
 pub const BUILT_IN: &[&str] = &["echo"];
+
+/// Ids of the agents a configuration serves (enabled and built in), in order.
+pub fn served_ids(cfg: &Config) -> Vec<String> {
+    cfg.agents
+        .iter()
+        .filter(|(id, a)| a.enabled && BUILT_IN.contains(&id.as_str()))
+        .map(|(id, _)| id.clone())
+        .collect()
+}
 
 /// Builds a built-in agent from its `agents.<id>` settings.
 fn instantiate(

@@ -576,6 +576,56 @@ impl TaskStore {
     }
 }
 
+impl TaskStore {
+    /// Remembers which principal of this node runs a task on a peer's agent.
+    pub async fn remember_remote(
+        &self,
+        peer: &str,
+        task_id: &str,
+        agent: &str,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        self.db
+            .idempotent(|| {
+                sqlx::query(
+                    "INSERT INTO a2a_remote_tasks (peer, task_id, agent, owner, created_ms) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (peer, task_id) DO NOTHING",
+                )
+                .bind(peer)
+                .bind(task_id)
+                .bind(agent)
+                .bind(owner)
+                .bind(now_ms())
+                .execute(self.db.pool())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The principal of this node that runs a task on a peer (agent, owner).
+    pub async fn remote_owner(
+        &self,
+        peer: &str,
+        task_id: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let row = self
+            .db
+            .idempotent(|| {
+                sqlx::query(
+                    "SELECT agent, owner FROM a2a_remote_tasks WHERE peer = $1 AND task_id = $2",
+                )
+                .bind(peer)
+                .bind(task_id)
+                .fetch_optional(self.db.pool())
+            })
+            .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            None => None,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Bind {
     Text(String),

@@ -22,35 +22,40 @@
 //! the same details in `error.data`. Internal failures are logged and answered as
 //! "internal error" without detail.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use kos_agents::A2aError;
 use kos_agents::card::{
-    AgentProvider, HttpAuthSecurityScheme, OpenIdConnectSecurityScheme, SecurityRequirement,
-    SecurityScheme, StringList,
+    AgentCard, AgentInterface, AgentProvider, BINDING_HTTP_JSON, BINDING_JSONRPC,
+    HttpAuthSecurityScheme, OpenIdConnectSecurityScheme, SecurityRequirement, SecurityScheme,
+    StringList,
 };
 use kos_agents::jsonrpc::{A2aRequest, JsonRpcResponse, RequestId, parse_request};
 use kos_agents::requests::{
     CancelTaskRequest, GetTaskRequest, ListTaskPushNotificationConfigsRequest, ListTasksRequest,
-    SendMessageRequest, SubscribeToTaskRequest, TaskPushNotificationConfig,
+    ListTasksResponse, SendMessageRequest, SubscribeToTaskRequest, TaskPushNotificationConfig,
     TaskPushNotificationConfigRef,
 };
 use kos_agents::signing::{self, CardContext};
 #[cfg(test)]
 use kos_agents::types::TaskState;
+use kos_agents::types::{SendMessageResponse, Task};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::AppState;
 use crate::a2a::host::{AgentHost, Caller, EventStream};
 use crate::a2a::push::PushError;
+use crate::a2a::remote::RemoteAgent;
+use crate::a2a::store::TaskStore;
 use crate::auth::{Principal, Role};
 
 /// The protocol version served.
@@ -188,41 +193,200 @@ async fn body_of(req: Request) -> Result<Bytes, A2aError> {
 // HTTP+JSON
 // ---------------------------------------------------------------------------------------------
 
-/// `POST /a2a/{agent}/message:send`.
+/// The A2A routes under `base` (`/a2a/{agent}` or `/a2a/peers/{peer}/{agent}`).
+pub fn routes(base: &str) -> axum::Router<AppState> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route(&format!("{base}/jsonrpc"), post(jsonrpc))
+        .route(&format!("{base}/jsonrpc/"), post(jsonrpc))
+        .route(&format!("{base}/message:send"), post(message_send))
+        .route(&format!("{base}/message:stream"), post(message_stream))
+        .route(&format!("{base}/tasks"), get(list_tasks))
+        .route(
+            &format!("{base}/tasks/{{task}}"),
+            get(task_get).post(task_post),
+        )
+        .route(
+            &format!("{base}/tasks/{{task}}/pushNotificationConfigs"),
+            get(push_list).post(push_create),
+        )
+        .route(
+            &format!("{base}/tasks/{{task}}/pushNotificationConfigs/{{config}}"),
+            get(push_one).delete(push_one),
+        )
+        .route(&format!("{base}/extendedAgentCard"), get(extended_card))
+}
+
+/// The path parameters of an A2A route (`agent`, and `peer`, `task`, `config` where present).
+type Params = Path<HashMap<String, String>>;
+
+fn param<'a>(p: &'a HashMap<String, String>, name: &str) -> Result<&'a str, A2aError> {
+    p.get(name).map(String::as_str).ok_or(A2aError::Internal)
+}
+
+/// The agent a route addresses: hosted here, or on a peer (`/a2a/peers/<peer>/<agent>`).
+enum Target<'a> {
+    Local { host: &'a AgentHost, agent: String },
+    Remote(Box<RemoteAgent>),
+}
+
+fn target<'a>(c: &'a Ctx, p: &HashMap<String, String>) -> Result<Target<'a>, A2aError> {
+    let agent = param(p, "agent")?.to_owned();
+    let Some(peer) = p.get("peer") else {
+        let host = host(&c.state)?;
+        if host.descriptor(&agent).is_none() {
+            return Err(A2aError::MethodNotFound(format!(
+                "no agent {agent} on this node"
+            )));
+        }
+        return Ok(Target::Local { host, agent });
+    };
+    if c.caller.owner.starts_with("klp:") {
+        return Err(A2aError::UnsupportedOperation(
+            "a peer cannot call a third node's agents through this node".into(),
+        ));
+    }
+    let Some(klp) = &c.state.klp else {
+        return Err(A2aError::UnsupportedOperation(
+            "KLP is not enabled on this node: it has no peers".into(),
+        ));
+    };
+    let peer: kos_klp::NodeId = peer
+        .parse()
+        .map_err(|_| A2aError::invalid_field("peer", &format!("`{peer}` is not a peer id")))?;
+    let cfg = c.state.config.current();
+    let blocking_wait = cfg
+        .config
+        .api
+        .request_timeout
+        .get()
+        .saturating_sub(Duration::from_secs(1))
+        .max(Duration::from_millis(500));
+    Ok(Target::Remote(Box::new(RemoteAgent::new(
+        klp.clone(),
+        peer,
+        &agent,
+        TaskStore::new(c.state.db.clone()),
+        blocking_wait,
+        c.state.tasks.token().clone(),
+    ))))
+}
+
+impl Target<'_> {
+    async fn send_message(
+        &self,
+        c: &Caller,
+        r: SendMessageRequest,
+    ) -> Result<SendMessageResponse, A2aError> {
+        match self {
+            Target::Local { host, agent } => host.send_message(agent, c, r).await,
+            Target::Remote(a) => a.send_message(c, r).await,
+        }
+    }
+
+    async fn send_streaming(
+        &self,
+        c: &Caller,
+        r: SendMessageRequest,
+    ) -> Result<EventStream, A2aError> {
+        match self {
+            Target::Local { host, agent } => host.send_streaming(agent, c, r).await,
+            Target::Remote(a) => a.send_streaming(c, r).await,
+        }
+    }
+
+    async fn get_task(
+        &self,
+        c: &Caller,
+        id: &str,
+        history: Option<usize>,
+    ) -> Result<Task, A2aError> {
+        match self {
+            Target::Local { host, agent } => host.get_task(agent, c, id, history).await,
+            Target::Remote(a) => a.get_task(c, id, history).await,
+        }
+    }
+
+    async fn list_tasks(
+        &self,
+        c: &Caller,
+        r: &ListTasksRequest,
+    ) -> Result<ListTasksResponse, A2aError> {
+        match self {
+            Target::Local { host, agent } => host.list_tasks(agent, c, r).await,
+            Target::Remote(a) => a.list_tasks(c, r).await,
+        }
+    }
+
+    async fn cancel_task(&self, c: &Caller, id: &str) -> Result<Task, A2aError> {
+        match self {
+            Target::Local { host, agent } => host.cancel_task(agent, c, id).await,
+            Target::Remote(a) => a.cancel_task(c, id).await,
+        }
+    }
+
+    async fn subscribe(&self, c: &Caller, id: &str) -> Result<EventStream, A2aError> {
+        match self {
+            Target::Local { host, agent } => host.subscribe(agent, c, id).await,
+            Target::Remote(a) => a.subscribe(c, id).await,
+        }
+    }
+
+    /// The push config operations.
+    async fn push(&self, c: &Caller, r: A2aRequest) -> Result<Value, A2aError> {
+        match self {
+            Target::Local { host, agent } => push_op(host, agent, c, r).await,
+            Target::Remote(a) => match r {
+                A2aRequest::CreateTaskPushNotificationConfig(cfg) => a.create_push(c, cfg).await,
+                A2aRequest::GetTaskPushNotificationConfig(r) => {
+                    a.get_push(c, &r.task_id, &r.id).await
+                }
+                A2aRequest::ListTaskPushNotificationConfigs(r) => a.list_push(c, &r).await,
+                A2aRequest::DeleteTaskPushNotificationConfig(r) => a
+                    .delete_push(c, &r.task_id, &r.id)
+                    .await
+                    .map(|()| json!({})),
+                _ => Err(A2aError::Internal),
+            },
+        }
+    }
+}
+
+/// `POST .../message:send`.
 pub async fn message_send(
     State(state): State<AppState>,
-    Path(agent): Path<String>,
+    Path(p): Params,
     req: Request,
 ) -> RestResult {
     let c = ctx(state, &req)?;
     let body = body_of(req).await?;
     let r: SendMessageRequest = parse_json(&body)?;
-    let out = host(&c.state)?.send_message(&agent, &c.caller, r).await?;
+    let out = target(&c, &p)?.send_message(&c.caller, r).await?;
     ok_json(&out)
 }
 
-/// `POST /a2a/{agent}/message:stream`.
+/// `POST .../message:stream`.
 pub async fn message_stream(
     State(state): State<AppState>,
-    Path(agent): Path<String>,
+    Path(p): Params,
     req: Request,
 ) -> RestResult {
     let c = ctx(state, &req)?;
     let body = body_of(req).await?;
     let r: SendMessageRequest = parse_json(&body)?;
-    let s = host(&c.state)?.send_streaming(&agent, &c.caller, r).await?;
+    let s = target(&c, &p)?.send_streaming(&c.caller, r).await?;
     Ok(sse(rest_events(s)))
 }
 
-/// `GET /a2a/{agent}/tasks`.
+/// `GET .../tasks`.
 pub async fn list_tasks(
     State(state): State<AppState>,
-    Path(agent): Path<String>,
+    Path(p): Params,
     req: Request,
 ) -> RestResult {
     let c = ctx(state, &req)?;
     let q = list_query(req.uri().query().unwrap_or(""))?;
-    let out = host(&c.state)?.list_tasks(&agent, &c.caller, &q).await?;
+    let out = target(&c, &p)?.list_tasks(&c.caller, &q).await?;
     ok_json(&out)
 }
 
@@ -264,150 +428,169 @@ fn split_action(segment: &str) -> (&str, Option<&str>) {
     }
 }
 
-#[derive(Debug, serde::Deserialize)]
-pub struct HistoryQuery {
-    #[serde(rename = "historyLength")]
-    history_length: Option<String>,
+/// An integer query parameter.
+fn int_param(query: &str, name: &str) -> Result<Option<i64>, A2aError> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| {
+            v.parse::<i64>()
+                .map_err(|_| A2aError::invalid_field(name, "must be an integer"))
+        })
+        .transpose()
 }
 
-/// `GET /a2a/{agent}/tasks/{id}` and `GET /a2a/{agent}/tasks/{id}:subscribe`.
-pub async fn task_get(
-    State(state): State<AppState>,
-    Path((agent, segment)): Path<(String, String)>,
-    req: Request,
-) -> RestResult {
+/// `GET .../tasks/{id}` and `GET .../tasks/{id}:subscribe`.
+pub async fn task_get(State(state): State<AppState>, Path(p): Params, req: Request) -> RestResult {
     let c = ctx(state, &req)?;
-    let (id, action) = split_action(&segment);
+    let segment = param(&p, "task")?;
+    let (id, action) = split_action(segment);
     match action {
         None => {
-            let q: Query<HistoryQuery> = Query::try_from_uri(req.uri())
-                .map_err(|e| A2aError::invalid_params(e.body_text()))?;
-            let history = match q.0.history_length {
+            let history = match int_param(req.uri().query().unwrap_or(""), "historyLength")? {
                 None => None,
-                Some(v) => kos_agents::requests::history_length(
-                    Some(v.parse().map_err(|_| {
-                        A2aError::invalid_field("historyLength", "must be an integer")
-                    })?),
+                Some(n) => kos_agents::requests::history_length(
+                    Some(i32::try_from(n).unwrap_or(-1)),
                     "historyLength",
                 )?,
             };
-            let t = host(&c.state)?
-                .get_task(&agent, &c.caller, id, history)
-                .await?;
+            let t = target(&c, &p)?.get_task(&c.caller, id, history).await?;
             ok_json(&t)
         }
         Some("subscribe") => {
-            let s = host(&c.state)?.subscribe(&agent, &c.caller, id).await?;
+            let s = target(&c, &p)?.subscribe(&c.caller, id).await?;
             Ok(sse(rest_events(s)))
         }
         Some(other) => Err(A2aError::MethodNotFound(format!("GET tasks/{{id}}:{other}")).into()),
     }
 }
 
-/// `POST /a2a/{agent}/tasks/{id}:cancel` and `POST /a2a/{agent}/tasks/{id}:subscribe`.
-pub async fn task_post(
-    State(state): State<AppState>,
-    Path((agent, segment)): Path<(String, String)>,
-    req: Request,
-) -> RestResult {
+/// `POST .../tasks/{id}:cancel` and `POST .../tasks/{id}:subscribe`.
+pub async fn task_post(State(state): State<AppState>, Path(p): Params, req: Request) -> RestResult {
     let c = ctx(state, &req)?;
-    let (id, action) = split_action(&segment);
+    let segment = param(&p, "task")?;
+    let (id, action) = split_action(segment);
     match action {
         Some("cancel") => {
-            let t = host(&c.state)?.cancel_task(&agent, &c.caller, id).await?;
+            let t = target(&c, &p)?.cancel_task(&c.caller, id).await?;
             ok_json(&t)
         }
         Some("subscribe") => {
-            let s = host(&c.state)?.subscribe(&agent, &c.caller, id).await?;
+            let s = target(&c, &p)?.subscribe(&c.caller, id).await?;
             Ok(sse(rest_events(s)))
         }
         _ => Err(A2aError::MethodNotFound(format!("POST tasks/{segment}")).into()),
     }
 }
 
-/// `POST /a2a/{agent}/tasks/{id}/pushNotificationConfigs`.
-pub async fn push_create(
+/// `GET /a2a/{agent}/tasks/{id}/events?after=<seq>&waitMs=<ms>` (kOS, not A2A): a page of the
+/// task's events after `seq`, waiting up to `waitMs` (at most 8000) for the first; without
+/// `after`, only the current `seq`. Peers follow remote tasks with it over KLP.
+pub async fn task_events(
     State(state): State<AppState>,
-    Path((agent, task_id)): Path<(String, String)>,
+    Path(p): Params,
     req: Request,
 ) -> RestResult {
     let c = ctx(state, &req)?;
+    let q = req.uri().query().unwrap_or("");
+    let after = int_param(q, "after")?;
+    let wait = int_param(q, "waitMs")?.unwrap_or(0).clamp(0, 8000);
+    let host = host(&c.state)?;
+    let agent = param(&p, "agent")?;
+    let page = host
+        .events_since(
+            agent,
+            &c.caller,
+            param(&p, "task")?,
+            after,
+            Duration::from_millis(u64::try_from(wait).unwrap_or(0)),
+            crate::a2a::remote::EVENTS_BUDGET,
+        )
+        .await?;
+    ok_json(&page)
+}
+
+/// `POST .../tasks/{id}/pushNotificationConfigs`.
+pub async fn push_create(
+    State(state): State<AppState>,
+    Path(p): Params,
+    req: Request,
+) -> RestResult {
+    let c = ctx(state, &req)?;
+    let task_id = param(&p, "task")?.to_owned();
     let body = body_of(req).await?;
     let mut cfg: TaskPushNotificationConfig = parse_json(&body)?;
     if !cfg.task_id.is_empty() && cfg.task_id != task_id {
         return Err(A2aError::invalid_field("taskId", "differs from the task in the path").into());
     }
     cfg.task_id = task_id;
-    let out = push_op(
-        &c,
-        &agent,
-        A2aRequest::CreateTaskPushNotificationConfig(cfg),
-    )
-    .await?;
+    let out = target(&c, &p)?
+        .push(&c.caller, A2aRequest::CreateTaskPushNotificationConfig(cfg))
+        .await?;
     ok_json(&out)
 }
 
-/// `GET /a2a/{agent}/tasks/{id}/pushNotificationConfigs`.
-pub async fn push_list(
-    State(state): State<AppState>,
-    Path((agent, task_id)): Path<(String, String)>,
-    req: Request,
-) -> RestResult {
+/// `GET .../tasks/{id}/pushNotificationConfigs`.
+pub async fn push_list(State(state): State<AppState>, Path(p): Params, req: Request) -> RestResult {
     let c = ctx(state, &req)?;
     let mut r = ListTaskPushNotificationConfigsRequest {
         tenant: String::new(),
-        task_id,
+        task_id: param(&p, "task")?.to_owned(),
         page_size: 0,
         page_token: String::new(),
     };
-    for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "pageSize" => {
-                r.page_size = v
-                    .parse()
-                    .map_err(|_| A2aError::invalid_field("pageSize", "must be an integer"))?;
-            }
-            "pageToken" => r.page_token = v.into_owned(),
-            _ => {}
-        }
+    let q = req.uri().query().unwrap_or("");
+    if let Some(n) = int_param(q, "pageSize")? {
+        r.page_size =
+            i32::try_from(n).map_err(|_| A2aError::invalid_field("pageSize", "is out of range"))?;
     }
-    let out = push_op(&c, &agent, A2aRequest::ListTaskPushNotificationConfigs(r)).await?;
+    if let Some((_, v)) = url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "pageToken")
+    {
+        r.page_token = v.into_owned();
+    }
+    let out = target(&c, &p)?
+        .push(&c.caller, A2aRequest::ListTaskPushNotificationConfigs(r))
+        .await?;
     ok_json(&out)
 }
 
-/// `GET` and `DELETE /a2a/{agent}/tasks/{id}/pushNotificationConfigs/{config}`.
-pub async fn push_one(
-    State(state): State<AppState>,
-    Path((agent, task_id, id)): Path<(String, String, String)>,
-    req: Request,
-) -> RestResult {
+/// `GET` and `DELETE .../tasks/{id}/pushNotificationConfigs/{config}`.
+pub async fn push_one(State(state): State<AppState>, Path(p): Params, req: Request) -> RestResult {
     let c = ctx(state, &req)?;
     let r = TaskPushNotificationConfigRef {
         tenant: String::new(),
-        task_id,
-        id,
+        task_id: param(&p, "task")?.to_owned(),
+        id: param(&p, "config")?.to_owned(),
     };
+    let t = target(&c, &p)?;
     if req.method() == axum::http::Method::DELETE {
-        push_op(&c, &agent, A2aRequest::DeleteTaskPushNotificationConfig(r)).await?;
+        t.push(&c.caller, A2aRequest::DeleteTaskPushNotificationConfig(r))
+            .await?;
         return ok_json(&json!({}));
     }
-    let out = push_op(&c, &agent, A2aRequest::GetTaskPushNotificationConfig(r)).await?;
+    let out = t
+        .push(&c.caller, A2aRequest::GetTaskPushNotificationConfig(r))
+        .await?;
     ok_json(&out)
 }
 
-/// `GET /a2a/{agent}/extendedAgentCard`.
+/// `GET .../extendedAgentCard`.
 pub async fn extended_card(
     State(state): State<AppState>,
-    Path(_agent): Path<String>,
+    Path(p): Params,
     req: Request,
 ) -> RestResult {
-    let _c = ctx(state, &req)?;
+    let c = ctx(state, &req)?;
+    target(&c, &p)?;
     Err(A2aError::ExtendedAgentCardNotConfigured.into())
 }
 
-/// Push config operations after the task is checked to be the caller's.
-async fn push_op(c: &Ctx, agent: &str, r: A2aRequest) -> Result<Value, A2aError> {
-    let host = host(&c.state)?;
+/// Push config operations on a local task, after the task is checked to be the caller's.
+async fn push_op(
+    host: &AgentHost,
+    agent: &str,
+    caller: &Caller,
+    r: A2aRequest,
+) -> Result<Value, A2aError> {
     let Some(push) = host.push() else {
         return Err(A2aError::PushNotificationNotSupported);
     };
@@ -418,7 +601,7 @@ async fn push_op(c: &Ctx, agent: &str, r: A2aRequest) -> Result<Value, A2aError>
         A2aRequest::ListTaskPushNotificationConfigs(r) => r.task_id.clone(),
         _ => return Err(A2aError::Internal),
     };
-    let task = host.check_visible(agent, &c.caller, &task_id).await?;
+    let task = host.check_visible(agent, caller, &task_id).await?;
     let enc = |v: &dyn erased::Ser| v.to_value();
     match r {
         A2aRequest::CreateTaskPushNotificationConfig(cfg) => {
@@ -545,12 +728,8 @@ fn rpc_answer(resp: &JsonRpcResponse) -> Response {
     }
 }
 
-/// `POST /a2a/{agent}/jsonrpc` (and with a trailing slash).
-pub async fn jsonrpc(
-    State(state): State<AppState>,
-    Path(agent): Path<String>,
-    req: Request,
-) -> Response {
+/// `POST .../jsonrpc` (and with a trailing slash).
+pub async fn jsonrpc(State(state): State<AppState>, Path(p): Params, req: Request) -> Response {
     let version = check_version(req.headers(), req.uri().query());
     let caller = caller(req.extensions().get::<Principal>());
     let body = match body_of(req).await {
@@ -567,7 +746,11 @@ pub async fn jsonrpc(
         return rpc_answer(&JsonRpcResponse::failure(id, &e));
     }
     let c = Ctx { state, caller };
-    match rpc_call(&c, &agent, call).await {
+    let out = match target(&c, &p) {
+        Ok(t) => rpc_call(&c, &t, call).await,
+        Err(e) => Err(e),
+    };
+    match out {
         Ok(RpcOut::Value(v)) => rpc_answer(
             &JsonRpcResponse::success(id.clone(), &v)
                 .unwrap_or_else(|e| JsonRpcResponse::failure(id, &e)),
@@ -582,29 +765,29 @@ enum RpcOut {
     Stream(EventStream),
 }
 
-async fn rpc_call(c: &Ctx, agent: &str, call: A2aRequest) -> Result<RpcOut, A2aError> {
-    let host = host(&c.state)?;
+async fn rpc_call(c: &Ctx, t: &Target<'_>, call: A2aRequest) -> Result<RpcOut, A2aError> {
     let value = |v: &dyn erased::Ser| v.to_value().map(RpcOut::Value);
+    let caller = &c.caller;
     match call {
-        A2aRequest::SendMessage(r) => value(&host.send_message(agent, &c.caller, r).await?),
-        A2aRequest::SendStreamingMessage(r) => Ok(RpcOut::Stream(
-            host.send_streaming(agent, &c.caller, r).await?,
-        )),
+        A2aRequest::SendMessage(r) => value(&t.send_message(caller, r).await?),
+        A2aRequest::SendStreamingMessage(r) => {
+            Ok(RpcOut::Stream(t.send_streaming(caller, r).await?))
+        }
         A2aRequest::GetTask(GetTaskRequest {
             id, history_length, ..
         }) => {
             let history = kos_agents::requests::history_length(history_length, "historyLength")?;
-            value(&host.get_task(agent, &c.caller, &id, history).await?)
+            value(&t.get_task(caller, &id, history).await?)
         }
-        A2aRequest::ListTasks(r) => value(&host.list_tasks(agent, &c.caller, &r).await?),
+        A2aRequest::ListTasks(r) => value(&t.list_tasks(caller, &r).await?),
         A2aRequest::CancelTask(CancelTaskRequest { id, .. }) => {
-            value(&host.cancel_task(agent, &c.caller, &id).await?)
+            value(&t.cancel_task(caller, &id).await?)
         }
         A2aRequest::SubscribeToTask(SubscribeToTaskRequest { id, .. }) => {
-            Ok(RpcOut::Stream(host.subscribe(agent, &c.caller, &id).await?))
+            Ok(RpcOut::Stream(t.subscribe(caller, &id).await?))
         }
         A2aRequest::GetExtendedAgentCard(_) => Err(A2aError::ExtendedAgentCardNotConfigured),
-        push => push_op(c, agent, push).await.map(RpcOut::Value),
+        push => t.push(caller, push).await.map(RpcOut::Value),
     }
 }
 
@@ -732,6 +915,69 @@ fn card_response(state: &AppState, headers: &HeaderMap, card: &Value) -> Respons
     resp
 }
 
+/// A card for a peer's agent as served through this node: the peer's verified card with
+/// this node's interfaces and security, signed by this node.
+fn proxy_card(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: &str,
+    agent: &str,
+    peer_card: Value,
+) -> Result<Value, A2aError> {
+    let mut card: AgentCard =
+        serde_json::from_value(peer_card).map_err(|_| A2aError::InvalidAgentResponse)?;
+    let ctx = card_context(state, headers);
+    let base = format!(
+        "{}/a2a/peers/{peer}/{agent}",
+        ctx.base_url.trim_end_matches('/')
+    );
+    let iface = |url: String, binding: &str| AgentInterface {
+        url,
+        protocol_binding: binding.to_owned(),
+        tenant: None,
+        protocol_version: VERSION.to_owned(),
+    };
+    card.supported_interfaces = vec![
+        iface(format!("{base}/jsonrpc"), BINDING_JSONRPC),
+        iface(base, BINDING_HTTP_JSON),
+    ];
+    card.security_schemes = ctx.security_schemes;
+    card.security_requirements = ctx.security_requirements;
+    card.signatures.clear();
+    signing::sign_card(
+        &mut card,
+        state.identity.signing_key(),
+        &state.identity.id().to_string(),
+    )
+    .map_err(|_| A2aError::Internal)?;
+    serde_json::to_value(&card).map_err(|_| A2aError::Internal)
+}
+
+/// `GET /a2a/peers/{peer}/{agent}/.well-known/agent-card.json`: a peer's agent as this node
+/// serves it (the peer's own signed card is in `GET /api/agents`).
+pub async fn remote_card(
+    State(state): State<AppState>,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> RestResult {
+    let c = Ctx {
+        state,
+        caller: caller(None),
+    };
+    let Target::Remote(a) = target(&c, &p)? else {
+        return Err(A2aError::Internal.into());
+    };
+    let peer_card = a.verified_card().await?;
+    let card = proxy_card(
+        &c.state,
+        &headers,
+        param(&p, "peer")?,
+        param(&p, "agent")?,
+        peer_card,
+    )?;
+    Ok(card_response(&c.state, &headers, &card))
+}
+
 /// `GET /a2a/{agent}/.well-known/agent-card.json`.
 pub async fn card(
     State(state): State<AppState>,
@@ -764,10 +1010,13 @@ pub async fn node_card(State(state): State<AppState>, headers: HeaderMap) -> Res
     Ok(card_response(&state, &headers, &card))
 }
 
-/// `GET /api/agents`: the hosted agents with their card URLs.
+/// `GET /api/agents`: the hosted agents and those admitted peers advertise in their MAP
+/// manifests, each with its absolute card URL (through this node) and, for a peer's, the
+/// peer's own signed card, verified against its MAP-verified key.
 pub async fn list_agents(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let ctx = card_context(&state, &headers);
-    let local: Vec<Value> = state
+    let base = ctx.base_url.trim_end_matches('/').to_owned();
+    let mut agents: Vec<Value> = state
         .agents
         .iter()
         .flat_map(|h| h.descriptors())
@@ -776,14 +1025,67 @@ pub async fn list_agents(State(state): State<AppState>, headers: HeaderMap) -> R
                 "id": d.id,
                 "name": d.name,
                 "description": d.description,
+                "version": d.version,
                 "skills": d.skills.iter().map(|s| &s.id).collect::<Vec<_>>(),
                 "node": state.identity.id().to_string(),
                 "local": true,
-                "cardUrl": signing::card_url(&ctx.base_url, &d.id).unwrap_or_default(),
+                "cardUrl": signing::card_url(&base, &d.id).unwrap_or_default(),
             })
         })
         .collect();
-    super::json(StatusCode::OK, json!({"agents": local}))
+    if let Some(klp) = &state.klp {
+        let peers = klp.peers().await.unwrap_or_default();
+        let c = Ctx {
+            state: state.clone(),
+            caller: caller(None),
+        };
+        let mut lookups = Vec::new();
+        for p in peers
+            .iter()
+            .filter(|p| p.state == kos_klp::HandshakeState::Admitted)
+        {
+            for (agent, version) in &p.services {
+                let params: HashMap<String, String> = [
+                    ("peer".to_owned(), p.id.clone()),
+                    ("agent".to_owned(), agent.clone()),
+                ]
+                .into();
+                let entry = json!({
+                    "id": agent,
+                    "version": version,
+                    "node": p.id,
+                    "nodeName": p.name,
+                    "local": false,
+                    "cardUrl": format!("{base}/a2a/peers/{}/{agent}/.well-known/agent-card.json", p.id),
+                });
+                let c = &c;
+                lookups.push(async move {
+                    let card = match target(c, &params) {
+                        Ok(Target::Remote(a)) => {
+                            tokio::time::timeout(Duration::from_secs(5), a.verified_card())
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(A2aError::PeerUnavailable {
+                                        peer: String::new(),
+                                        why: "timed out".into(),
+                                    })
+                                })
+                        }
+                        Ok(Target::Local { .. }) => Err(A2aError::Internal),
+                        Err(e) => Err(e),
+                    };
+                    let mut entry = entry;
+                    match card {
+                        Ok(card) => entry["card"] = card,
+                        Err(e) => entry["cardError"] = json!(e.to_string()),
+                    }
+                    entry
+                });
+            }
+        }
+        agents.extend(futures::future::join_all(lookups).await);
+    }
+    super::json(StatusCode::OK, json!({"agents": agents}))
 }
 
 #[cfg(test)]

@@ -48,7 +48,9 @@ pub fn required_role(method: &Method, route: &str, metrics_auth: MetricsAuth) ->
         // Agent cards are public (spec §8.2); what they describe needs a token.
         (
             "GET" | "HEAD",
-            "/.well-known/agent-card.json" | "/a2a/{agent}/.well-known/agent-card.json",
+            "/.well-known/agent-card.json"
+            | "/a2a/{agent}/.well-known/agent-card.json"
+            | "/a2a/peers/{peer}/{agent}/.well-known/agent-card.json",
         ) => None,
         // A2A calls: the `agent` role; each caller sees only its own tasks (admins: all).
         (_, r) if r.starts_with("/a2a/") => Some(Role::Agent),

@@ -38,6 +38,7 @@
 //! | GET | `/api/agents` | hosted agents with their card URLs |
 //! | GET | `/.well-known/agent-card.json` | the node's A2A card (open) |
 //! | * | `/a2a/<agent>/...` | A2A v1.0 bindings of a hosted agent; see [`a2a`] |
+//! | * | `/a2a/peers/<peer id>/<agent>/...` | the same for an admitted peer's agent, over KLP |
 
 pub mod a2a;
 pub mod authz;
@@ -142,24 +143,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/agents", get(a2a::list_agents))
         .route("/.well-known/agent-card.json", get(a2a::node_card))
         .route("/a2a/{agent}/.well-known/agent-card.json", get(a2a::card))
-        .route("/a2a/{agent}/jsonrpc", post(a2a::jsonrpc))
-        .route("/a2a/{agent}/jsonrpc/", post(a2a::jsonrpc))
-        .route("/a2a/{agent}/message:send", post(a2a::message_send))
-        .route("/a2a/{agent}/message:stream", post(a2a::message_stream))
-        .route("/a2a/{agent}/tasks", get(a2a::list_tasks))
         .route(
-            "/a2a/{agent}/tasks/{task}",
-            get(a2a::task_get).post(a2a::task_post),
+            "/a2a/peers/{peer}/{agent}/.well-known/agent-card.json",
+            get(a2a::remote_card),
         )
-        .route(
-            "/a2a/{agent}/tasks/{task}/pushNotificationConfigs",
-            get(a2a::push_list).post(a2a::push_create),
-        )
-        .route(
-            "/a2a/{agent}/tasks/{task}/pushNotificationConfigs/{config}",
-            get(a2a::push_one).delete(a2a::push_one),
-        )
-        .route("/a2a/{agent}/extendedAgentCard", get(a2a::extended_card))
+        .route("/a2a/{agent}/tasks/{task}/events", get(a2a::task_events))
+        // The A2A bindings, for hosted agents and (over KLP) for peers' agents.
+        .merge(a2a::routes("/a2a/{agent}"))
+        .merge(a2a::routes("/a2a/peers/{peer}/{agent}"))
         // Innermost: only callers that passed authorization take a body permit.
         .route_layer(middleware::from_fn_with_state(bodies, limit_bodies))
         .route_layer(middleware::from_fn_with_state(
