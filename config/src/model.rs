@@ -1165,9 +1165,10 @@ pub enum Reload {
 /// stores, the swarm, authentication) need a restart; the rest are read where they are used.
 pub fn section_reload(section: &str) -> Reload {
     match section {
-        "logging" | "llms" | "media_generation" | "security" | "services" | "agents"
-        | "plugins" | "monitoring" | "backup" | "bootstrap" | "gitops" | "orchestrator"
-        | "orchestration" => Reload::Live,
+        "logging" | "llms" | "media_generation" | "security" | "services" | "plugins"
+        | "monitoring" | "backup" | "bootstrap" | "gitops" | "orchestrator" | "orchestration" => {
+            Reload::Live
+        }
         _ => Reload::Restart,
     }
 }

@@ -615,3 +615,52 @@ async fn a_task_in_flight_resumes_after_a_restart() {
     assert_eq!(done["id"], id.as_str());
     n.node.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn push_webhooks_on_internal_addresses_are_refused() {
+    let n = Node::start("").await;
+    let t = n.token("alice", Role::Agent);
+    let v: Value = n
+        .post(&t, "/a2a/echo/message:send", long_message("p"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = v["task"]["id"].as_str().unwrap().to_owned();
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/hook",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "ftp://example.com/hook",
+    ] {
+        let r = n
+            .post(
+                &t,
+                &format!("/a2a/echo/tasks/{id}/pushNotificationConfigs"),
+                json!({"url": url, "token": "t"}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{url}");
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["error"]["status"], "INVALID_ARGUMENT", "{url}: {b}");
+    }
+    // In SendMessage's configuration: refused before any task exists.
+    let mut m = send_body("with-push", "x");
+    m["configuration"] = json!({"taskPushNotificationConfig": {"url": "http://127.0.0.1:1/x"}});
+    assert_eq!(
+        n.post(&t, "/a2a/echo/message:send", m).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    let listed: Value = n.get(&t, "/a2a/echo/tasks").await.json().await.unwrap();
+    assert_eq!(listed["totalSize"], 1, "{listed}");
+    n.node.stop().await.unwrap();
+}
+
+fn long_message(suffix: &str) -> Value {
+    json!({"message": {"role": "ROLE_USER", "messageId": format!("test-resubscribe-message-id-{suffix}"),
+                       "parts": [{"text": "x"}]},
+           "configuration": {"returnImmediately": true}})
+}

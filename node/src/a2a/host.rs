@@ -818,7 +818,7 @@ impl AgentHost {
             return Ok(SendMessageResponse::Task(cut(task, history)));
         }
         let mut events = self.follow(&task_id, seq);
-        let stop = self.inner.tasks.token().clone();
+        let stop = self.inner.tasks.shutdown_token().clone();
         let deadline = tokio::time::sleep(self.inner.settings.blocking_wait);
         tokio::pin!(deadline);
         loop {
@@ -894,12 +894,13 @@ impl AgentHost {
         Ok(self.bounded(until_inclusive(s, ends_turn)))
     }
 
-    /// Ends a stream when the node shuts down.
+    /// Ends a stream when the node's shutdown begins (the API's drain does not wait for
+    /// open streams).
     fn bounded(
         &self,
         s: impl Stream<Item = Result<StreamResponse, A2aError>> + Send + 'static,
     ) -> EventStream {
-        let stop = self.inner.tasks.token().clone();
+        let stop = self.inner.tasks.shutdown_token().clone();
         Box::pin(s.take_until(stop.cancelled_owned()))
     }
 

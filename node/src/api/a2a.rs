@@ -268,7 +268,7 @@ fn target<'a>(c: &'a Ctx, p: &HashMap<String, String>) -> Result<Target<'a>, A2a
         &agent,
         TaskStore::new(c.state.db.clone()),
         blocking_wait,
-        c.state.tasks.token().clone(),
+        c.state.tasks.shutdown_token().clone(),
     ))))
 }
 
