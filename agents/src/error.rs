@@ -157,13 +157,17 @@ impl A2aError {
         }
     }
 
-    /// The HTTP status of the HTTP+JSON binding (§5.4): 404 for an unknown task, 500 for
-    /// `InvalidAgentResponse` and internal errors, 404 for an unknown method (no such route),
+    /// The HTTP status of the HTTP+JSON binding (§5.4): 404 for an unknown task (and an
+    /// unknown method: no such route), 409 for a task that cannot be canceled, 415 for an
+    /// unsupported content type, 502 for an invalid agent response, 500 for internal errors,
     /// 400 otherwise.
     pub fn http_status(&self) -> u16 {
         match self {
             A2aError::TaskNotFound { .. } | A2aError::MethodNotFound(_) => 404,
-            A2aError::InvalidAgentResponse | A2aError::Internal => 500,
+            A2aError::TaskNotCancelable { .. } => 409,
+            A2aError::ContentTypeNotSupported { .. } => 415,
+            A2aError::InvalidAgentResponse => 502,
+            A2aError::Internal => 500,
             A2aError::TooManyTasks { .. } => 429,
             A2aError::Conflict { .. } => 409,
             A2aError::PeerUnavailable { .. } => 502,
@@ -176,11 +180,11 @@ impl A2aError {
         match self {
             A2aError::TaskNotFound { .. } => "NOT_FOUND",
             A2aError::TaskNotCancelable { .. }
-            | A2aError::PushNotificationNotSupported
-            | A2aError::UnsupportedOperation(_)
             | A2aError::ExtendedAgentCardNotConfigured
-            | A2aError::ExtensionSupportRequired { .. }
-            | A2aError::VersionNotSupported { .. } => "FAILED_PRECONDITION",
+            | A2aError::ExtensionSupportRequired { .. } => "FAILED_PRECONDITION",
+            A2aError::PushNotificationNotSupported
+            | A2aError::UnsupportedOperation(_)
+            | A2aError::VersionNotSupported { .. } => "UNIMPLEMENTED",
             A2aError::ContentTypeNotSupported { .. }
             | A2aError::Parse(_)
             | A2aError::InvalidRequest(_)
@@ -363,14 +367,14 @@ mod tests {
             codes,
             vec![
                 (-32001, 404, "NOT_FOUND"),
-                (-32002, 400, "FAILED_PRECONDITION"),
-                (-32003, 400, "FAILED_PRECONDITION"),
-                (-32004, 400, "FAILED_PRECONDITION"),
-                (-32005, 400, "INVALID_ARGUMENT"),
-                (-32006, 500, "INTERNAL"),
+                (-32002, 409, "FAILED_PRECONDITION"),
+                (-32003, 400, "UNIMPLEMENTED"),
+                (-32004, 400, "UNIMPLEMENTED"),
+                (-32005, 415, "INVALID_ARGUMENT"),
+                (-32006, 502, "INTERNAL"),
                 (-32007, 400, "FAILED_PRECONDITION"),
                 (-32008, 400, "FAILED_PRECONDITION"),
-                (-32009, 400, "FAILED_PRECONDITION"),
+                (-32009, 400, "UNIMPLEMENTED"),
                 (-32700, 400, "INVALID_ARGUMENT"),
                 (-32600, 400, "INVALID_ARGUMENT"),
                 (-32601, 404, "UNIMPLEMENTED"),
@@ -423,7 +427,7 @@ mod tests {
             state: TaskState::Completed,
         };
         let v = e.to_rest_body();
-        assert_eq!(v["error"]["code"], 400);
+        assert_eq!(v["error"]["code"], 409);
         assert_eq!(v["error"]["status"], "FAILED_PRECONDITION");
         assert_eq!(v["error"]["details"][0]["reason"], "TASK_NOT_CANCELABLE");
         assert_eq!(v["error"]["details"][0]["domain"], "a2a-protocol.org");

@@ -34,15 +34,19 @@ pub struct SendMessageRequest {
 pub struct SendMessageConfiguration {
     /// Media types the client accepts in answers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(alias = "accepted_output_modes")]
     pub accepted_output_modes: Vec<String>,
     /// Push notifications for the task this message creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "task_push_notification_config")]
     pub task_push_notification_config: Option<TaskPushNotificationConfig>,
     /// Most recent history messages in the answer (unset: no limit, 0: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "history_length")]
     pub history_length: Option<i32>,
     /// Answer at once instead of waiting for a terminal or interrupted state.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(alias = "return_immediately")]
     pub return_immediately: bool,
 }
 
@@ -102,6 +106,7 @@ pub struct GetTaskRequest {
     pub id: String,
     /// Most recent history messages to return.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "history_length")]
     pub history_length: Option<i32>,
 }
 
@@ -114,24 +119,30 @@ pub struct ListTasksRequest {
     pub tenant: String,
     /// Only tasks of this context.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(alias = "context_id")]
     pub context_id: String,
     /// Only tasks in this state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<TaskState>,
     /// Page size, 1..=100, default 50.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "page_size")]
     pub page_size: Option<i32>,
     /// Cursor from a previous answer.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(alias = "page_token")]
     pub page_token: String,
     /// History messages per task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "history_length")]
     pub history_length: Option<i32>,
     /// Only tasks whose status changed at or after this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "status_timestamp_after")]
     pub status_timestamp_after: Option<Timestamp>,
     /// Include artifacts (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "include_artifacts")]
     pub include_artifacts: Option<bool>,
 }
 
@@ -194,10 +205,13 @@ pub struct ListTasksResponse {
     /// The page.
     pub tasks: Vec<Task>,
     /// Cursor of the next page, empty at the end.
+    #[serde(alias = "next_page_token")]
     pub next_page_token: String,
     /// Page size used.
+    #[serde(alias = "page_size")]
     pub page_size: i32,
     /// Matching tasks before paging.
+    #[serde(alias = "total_size")]
     pub total_size: i32,
 }
 
@@ -258,6 +272,7 @@ pub struct TaskPushNotificationConfig {
     pub id: String,
     /// Task id (empty inside `SendMessageConfiguration`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(alias = "task_id")]
     pub task_id: String,
     /// Webhook URL.
     pub url: String,
@@ -277,6 +292,7 @@ pub struct TaskPushNotificationConfigRef {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tenant: String,
     /// Task id.
+    #[serde(alias = "task_id")]
     pub task_id: String,
     /// Config id.
     pub id: String,
@@ -290,12 +306,15 @@ pub struct ListTaskPushNotificationConfigsRequest {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tenant: String,
     /// Task id.
+    #[serde(alias = "task_id")]
     pub task_id: String,
     /// Page size.
     #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(alias = "page_size")]
     pub page_size: i32,
     /// Cursor.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(alias = "page_token")]
     pub page_token: String,
 }
 
@@ -312,6 +331,7 @@ pub struct ListTaskPushNotificationConfigsResponse {
     pub configs: Vec<TaskPushNotificationConfig>,
     /// Cursor of the next page.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(alias = "next_page_token")]
     pub next_page_token: String,
 }
 

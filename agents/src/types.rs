@@ -313,6 +313,7 @@ struct PartIn {
     #[serde(default)]
     filename: Option<String>,
     #[serde(default)]
+    #[serde(alias = "media_type")]
     media_type: Option<String>,
 }
 
@@ -363,12 +364,15 @@ impl<'de> Deserialize<'de> for Part {
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     /// Sender-created id; the node's idempotency key.
+    #[serde(alias = "message_id")]
     pub message_id: String,
     /// Conversation the message belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "context_id")]
     pub context_id: Option<String>,
     /// Task the message belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "task_id")]
     pub task_id: Option<String>,
     /// `ROLE_USER` or `ROLE_AGENT`.
     pub role: Role,
@@ -382,6 +386,7 @@ pub struct Message {
     pub extensions: Vec<String>,
     /// Tasks this message refers to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(alias = "reference_task_ids")]
     pub reference_task_ids: Vec<String>,
 }
 
@@ -426,6 +431,7 @@ pub struct TaskStatus {
 #[serde(rename_all = "camelCase")]
 pub struct Artifact {
     /// Unique within the task.
+    #[serde(alias = "artifact_id")]
     pub artifact_id: String,
     /// Human-readable name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -465,6 +471,7 @@ pub struct Task {
     pub id: String,
     /// Conversation id.
     #[serde(default)]
+    #[serde(alias = "context_id")]
     pub context_id: String,
     /// Current status.
     pub status: TaskStatus,
@@ -488,8 +495,10 @@ pub struct Task {
 #[serde(rename_all = "camelCase")]
 pub struct TaskStatusUpdateEvent {
     /// Task id.
+    #[serde(alias = "task_id")]
     pub task_id: String,
     /// Context id.
+    #[serde(alias = "context_id")]
     pub context_id: String,
     /// The new status.
     pub status: TaskStatus,
@@ -503,8 +512,10 @@ pub struct TaskStatusUpdateEvent {
 #[serde(rename_all = "camelCase")]
 pub struct TaskArtifactUpdateEvent {
     /// Task id.
+    #[serde(alias = "task_id")]
     pub task_id: String,
     /// Context id.
+    #[serde(alias = "context_id")]
     pub context_id: String,
     /// The artifact (or the chunk of it).
     pub artifact: Artifact,
@@ -513,6 +524,7 @@ pub struct TaskArtifactUpdateEvent {
     pub append: bool,
     /// This is the artifact's final chunk.
     #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(alias = "last_chunk")]
     pub last_chunk: bool,
     /// Optional metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -408,7 +408,7 @@ async fn both_bindings_send_get_list_stream_and_refuse_bad_requests() {
     let r = n
         .post(&t, &format!("/a2a/echo/tasks/{id}:cancel"), json!({}))
         .await;
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.status(), StatusCode::CONFLICT);
     assert_eq!(reason(&r.json().await.unwrap()), "TASK_NOT_CANCELABLE");
     let v = n.rpc(&t, "CancelTask", json!({"id": id})).await;
     assert_eq!(v["error"]["code"], -32002);
@@ -426,7 +426,18 @@ async fn both_bindings_send_get_list_stream_and_refuse_bad_requests() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Proto field names are read too (ProtoJSON parsers accept both spellings).
+    let v = n
+        .rpc(&t, "GetTask", json!({"id": id, "history_length": 0}))
+        .await;
+    assert_eq!(
+        v["result"]["history"].as_array().map_or(0, Vec::len),
+        0,
+        "{v}"
+    );
+    let v = n.rpc(&t, "GetTask", json!({"id": ""})).await;
+    assert_eq!(v["error"]["code"], -32602);
     let r = n
         .http
         .post(n.url("/a2a/echo/message:send"))

@@ -144,9 +144,11 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), A2aError> {
     if essence == "application/json" || essence == "application/a2a+json" {
         Ok(())
     } else {
-        Err(A2aError::InvalidRequest(format!(
-            "content type {essence} is not accepted; send application/json or application/a2a+json"
-        )))
+        // HTTP's answer to a request body of the wrong type: 415 (and -32005 on JSON-RPC).
+        Err(A2aError::ContentTypeNotSupported {
+            media_type: essence,
+            accepted: "application/json, application/a2a+json".into(),
+        })
     }
 }
 
@@ -601,16 +603,15 @@ async fn push_op(
         A2aRequest::ListTaskPushNotificationConfigs(r) => r.task_id.clone(),
         _ => return Err(A2aError::Internal),
     };
-    let task = host.check_visible(agent, caller, &task_id).await?;
+    if task_id.is_empty() {
+        return Err(A2aError::invalid_field("taskId", "is required"));
+    }
+    host.check_visible(agent, caller, &task_id).await?;
     let enc = |v: &dyn erased::Ser| v.to_value();
     match r {
+        // Also on a terminal task (spec §3.1.7 lists no error for it): stored, and never
+        // used, as a terminal task has no more updates.
         A2aRequest::CreateTaskPushNotificationConfig(cfg) => {
-            if task.status.state.is_terminal() {
-                return Err(A2aError::UnsupportedOperation(format!(
-                    "task {task_id} is {} and sends no more notifications",
-                    task.status.state
-                )));
-            }
             push.validate_config(&cfg, "").await?;
             enc(&push
                 .create_config(&task_id, cfg)
@@ -768,6 +769,15 @@ enum RpcOut {
 async fn rpc_call(c: &Ctx, t: &Target<'_>, call: A2aRequest) -> Result<RpcOut, A2aError> {
     let value = |v: &dyn erased::Ser| v.to_value().map(RpcOut::Value);
     let caller = &c.caller;
+    let id = match &call {
+        A2aRequest::GetTask(r) => Some(&r.id),
+        A2aRequest::CancelTask(r) => Some(&r.id),
+        A2aRequest::SubscribeToTask(r) => Some(&r.id),
+        _ => None,
+    };
+    if id.is_some_and(String::is_empty) {
+        return Err(A2aError::invalid_field("id", "is required"));
+    }
     match call {
         A2aRequest::SendMessage(r) => value(&t.send_message(caller, r).await?),
         A2aRequest::SendStreamingMessage(r) => {
