@@ -351,6 +351,8 @@ async fn optimistic_lock_and_event_order(s: &TaskStore) {
     let got = s.get("lock").await.unwrap().unwrap();
     assert_eq!((got.seq, got.record.state()), (5, TaskState::Completed));
     assert_eq!(got.record, r);
+    assert_eq!(s.state("lock").await.unwrap(), Some(TaskState::Completed));
+    assert_eq!(s.state("ghost").await.unwrap(), None);
 
     let all = s.events_after("lock", 0, 100).await.unwrap();
     assert_eq!(

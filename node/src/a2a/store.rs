@@ -326,6 +326,27 @@ impl TaskStore {
         }
     }
 
+    /// A task's state alone (cheaper than [`TaskStore::get`]: the record is not read).
+    pub async fn state(&self, task_id: &str) -> Result<Option<TaskState>, StoreError> {
+        let row = self
+            .db
+            .idempotent(|| {
+                sqlx::query("SELECT state FROM a2a_tasks WHERE id = $1")
+                    .bind(task_id)
+                    .fetch_optional(self.db.pool())
+            })
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => {
+                let name: String = r.try_get(0)?;
+                TaskState::from_name(&name)
+                    .map(Some)
+                    .ok_or_else(|| StoreError::Corrupt(format!("a2a task state `{name}`")))
+            }
+        }
+    }
+
     /// The task's events after `after` (at most `limit`), in order.
     pub async fn events_after(
         &self,
