@@ -358,7 +358,12 @@ async fn a_subscriber_on_one_replica_sees_every_update_of_a_task_on_another() {
         let resp = r
             .post(rep, &format!("/a2a/echo/tasks/{id}:subscribe"), json!({}))
             .await;
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(
+            body["error"]["details"][0]["reason"], "UNSUPPORTED_OPERATION",
+            "{} {body}",
+            rep.base
+        );
     }
     r.stop().await;
 }
@@ -460,7 +465,13 @@ async fn a_cancel_sent_to_another_replica_ends_the_turn_and_the_task_stays_cance
         let resp = r
             .post(rep, &format!("/a2a/echo/tasks/{id}:cancel"), json!({}))
             .await;
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        // (The reason, not the HTTP status: that is the bindings' business, tested there.)
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(
+            body["error"]["details"][0]["reason"], "TASK_NOT_CANCELABLE",
+            "{} {body}",
+            rep.base
+        );
     }
     r.stop().await;
 }
