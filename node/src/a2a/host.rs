@@ -7,7 +7,10 @@
 //! [`drive_turn`]. After every change the task and its new events are saved in one
 //! transaction, then published on the event bus (kind [`BUS_KIND`]) and queued for push
 //! notification. A turn ends at a terminal or interrupted state, at `agents.<id>.task_timeout`
-//! (the task FAILS), or at shutdown (the lease is released and the task stays WORKING).
+//! (the task FAILS), or at shutdown (the lease is released and the task stays WORKING). A
+//! task made final elsewhere (a cancel that reached another replica, where the turn is not
+//! running) stops its turn as soon as its event arrives on the bus, or at the next lease
+//! renewal if the bus lost it; the turn's own later saves would conflict anyway.
 //!
 //! Readers ([`AgentHost::follow`]) subscribe to the bus first, then read the task's events
 //! from the database after the `seq` they know, then take events from the bus; a gap, an
@@ -36,7 +39,7 @@ use kos_agents::types::{
 };
 use serde_json::json;
 use tokio::sync::Semaphore;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::push::Push;
 use super::store::{Created, RecordRow, SaveError, StoredTask, TaskStore};
@@ -1259,15 +1262,30 @@ async fn run_turn(inner: Arc<Inner>, s: TurnStart) {
     let stop = inner.tasks.token().clone();
     let limits = inner.settings.limits.clone();
     let store = inner.store.clone();
-    // Keep the lease while waiting for a slot too.
+    let cancel = CancelToken::new();
+    // Made final elsewhere (canceled through another replica): this turn stops at once, not
+    // at its next save. Watched from before the slot wait, so nothing is missed meanwhile.
+    let watch = watch_elsewhere(
+        inner.bus.subscribe(),
+        store.clone(),
+        task_id.clone(),
+        cancel.clone(),
+    );
+    tokio::pin!(watch);
+    // Keep the lease while waiting for a slot too. The renewal also looks at the task's
+    // state, for a cancel whose bus event was lost (the bus delivers at most once).
     let renew = {
         let store = store.clone();
         let task_id = task_id.clone();
+        let cancel = cancel.clone();
         async move {
             loop {
                 tokio::time::sleep(RENEW_EVERY).await;
                 if let Err(e) = store.set_lease(&task_id, lease_until()).await {
                     warn!(task_id, error = %e, "a2a: cannot renew a task's lease");
+                }
+                if final_in_store(&store, &task_id).await {
+                    cancel.cancel();
                 }
             }
         }
@@ -1280,9 +1298,14 @@ async fn run_turn(inner: Arc<Inner>, s: TurnStart) {
             return;
         }
         () = &mut renew => return,
+        () = &mut watch => return,
+        // Canceled (here or elsewhere) before it got a slot: nothing to run.
+        () = cancel.cancelled() => {
+            let _ = store.set_lease(&task_id, 0).await;
+            return;
+        }
     };
     let Ok(agent_permit) = permit else { return };
-    let cancel = CancelToken::new();
     inner
         .running
         .lock()
@@ -1349,6 +1372,7 @@ async fn run_turn(inner: Arc<Inner>, s: TurnStart) {
             () = tokio::time::sleep(timeout) => End::TimedOut,
             () = stop.cancelled() => End::Stopped,
             () = &mut renew => End::Stopped,
+            () = &mut watch => End::Stopped,
         }
     };
     match end {
@@ -1383,6 +1407,58 @@ async fn run_turn(inner: Arc<Inner>, s: TurnStart) {
         .unwrap_or_else(PoisonError::into_inner)
         .remove(&task_id);
     inner.turn_ended.notify_waiters();
+}
+
+/// The task is final in the database (or gone).
+async fn final_in_store(store: &TaskStore, task_id: &str) -> bool {
+    match store.state(task_id).await {
+        Ok(Some(state)) => state.is_terminal(),
+        Ok(None) => true,
+        Err(e) => {
+            warn!(task_id, error = %e, "a2a: cannot read a running task's state");
+            false
+        }
+    }
+}
+
+/// Cancels a running turn whose task is made final by someone else (a cancel that reached
+/// another replica): follows the task's events on the bus, and on a final one, one that did
+/// not travel inline, or a lag, reads the task's state from the database. The turn's own final
+/// event cancels it too, which changes nothing: its record is final already. Never returns.
+async fn watch_elsewhere(
+    mut sub: Subscription,
+    store: TaskStore,
+    task_id: String,
+    cancel: CancelToken,
+) {
+    loop {
+        let check = match sub.recv().await {
+            Ok(ev) => {
+                if ev.kind != BUS_KIND
+                    || ev.detail.get("taskId").and_then(|v| v.as_str()) != Some(task_id.as_str())
+                {
+                    continue;
+                }
+                ev.detail
+                    .get("event")
+                    .filter(|v| !v.is_null())
+                    .and_then(|v| serde_json::from_value::<StreamResponse>(v.clone()).ok())
+                    .is_none_or(|e| is_final(&e))
+            }
+            Err(BusError::Lagged(_)) => true,
+            // The bus is gone (shutdown): the lease renewal still looks.
+            Err(_) => break,
+        };
+        if check && final_in_store(&store, &task_id).await {
+            debug!(
+                task_id,
+                "a2a: the task is final in the database; its turn stops"
+            );
+            cancel.cancel();
+            break;
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 /// The state of a [`AgentHost::follow`] stream.

@@ -326,6 +326,27 @@ impl TaskStore {
         }
     }
 
+    /// A task's state alone (cheaper than [`TaskStore::get`]: the record is not read).
+    pub async fn state(&self, task_id: &str) -> Result<Option<TaskState>, StoreError> {
+        let row = self
+            .db
+            .idempotent(|| {
+                sqlx::query("SELECT state FROM a2a_tasks WHERE id = $1")
+                    .bind(task_id)
+                    .fetch_optional(self.db.pool())
+            })
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => {
+                let name: String = r.try_get(0)?;
+                TaskState::from_name(&name)
+                    .map(Some)
+                    .ok_or_else(|| StoreError::Corrupt(format!("a2a task state `{name}`")))
+            }
+        }
+    }
+
     /// The task's events after `after` (at most `limit`), in order.
     pub async fn events_after(
         &self,
@@ -647,28 +668,11 @@ fn bind_all<'q>(
 
 #[cfg(test)]
 mod tests {
+    //! Only what is not about a backend: the repository's contract (idempotent creates, the
+    //! optimistic lock, event order, listing, claims, purge) is one suite run on SQLite and
+    //! PostgreSQL, `tests/tests/a2a_store.rs`.
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use kos_agents::limits::Limits;
-    use kos_agents::types::{Message, Part, Role, Timestamp};
-    use std::time::{Duration, UNIX_EPOCH};
-
-    fn at(s: u64) -> Timestamp {
-        Timestamp::from_system_time(UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s))
-    }
-
-    fn record(id: &str, ctx: &str, s: u64) -> TaskRecord {
-        let m = Message::new(Role::User, format!("m-{id}"), vec![Part::text("hi")]);
-        TaskRecord::create(id.into(), ctx.into(), m, at(s), &Limits::default()).unwrap()
-    }
-
-    async fn db() -> (tempfile::TempDir, TaskStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open_sqlite(&dir.path().join("kos.db"), 2)
-            .await
-            .unwrap();
-        (dir, TaskStore::new(db))
-    }
 
     #[test]
     fn page_tokens_round_trip_and_garbage_is_refused() {
@@ -676,126 +680,5 @@ mod tests {
         assert_eq!(decode_token(&t), Some((1_700_000_000_123, "a-b".into())));
         assert_eq!(decode_token("%%%"), None);
         assert_eq!(decode_token(&B64.encode("nocolon")), None);
-    }
-
-    #[tokio::test]
-    async fn create_is_idempotent_per_agent_owner_and_message() {
-        let (_d, s) = db().await;
-        let r = record("t1", "c1", 1);
-        let ev = [StreamResponse::Task(r.task().clone())];
-        assert_eq!(
-            s.create("echo", "local:a", "m-t1", &r, &ev, 0)
-                .await
-                .unwrap(),
-            Created::New(1)
-        );
-        let again = record("t2", "c1", 2);
-        assert_eq!(
-            s.create("echo", "local:a", "m-t1", &again, &ev, 0)
-                .await
-                .unwrap(),
-            Created::Duplicate("t1".into())
-        );
-        // Another principal may use the same messageId.
-        assert_eq!(
-            s.create("echo", "local:b", "m-t1", &again, &ev, 0)
-                .await
-                .unwrap(),
-            Created::New(1)
-        );
-        assert!(s.get("t2").await.unwrap().is_some());
-        assert_eq!(s.events_after("t1", 0, 10).await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn save_is_an_optimistic_lock() {
-        let (_d, s) = db().await;
-        let mut r = record("t1", "c1", 1);
-        s.create("echo", "o", "m-t1", &r, &[], 0).await.unwrap();
-        let events = r.cancel(at(2), &Limits::default()).unwrap();
-        let seq = s
-            .save("echo", "o", 0, &RecordRow::of(&r).unwrap(), &events, None)
-            .await
-            .unwrap();
-        assert_eq!(seq, 1);
-        assert!(matches!(
-            s.save("echo", "o", 0, &RecordRow::of(&r).unwrap(), &events, None)
-                .await,
-            Err(SaveError::Conflict)
-        ));
-        let got = s.get("t1").await.unwrap().unwrap();
-        assert_eq!((got.seq, got.record.state()), (1, TaskState::Canceled));
-        assert_eq!(s.events_after("t1", 0, 10).await.unwrap()[0].0, 1);
-    }
-
-    #[tokio::test]
-    async fn list_filters_pages_and_counts() {
-        let (_d, s) = db().await;
-        for i in 0..5u64 {
-            let r = record(&format!("t{i}"), if i % 2 == 0 { "even" } else { "odd" }, i);
-            s.create(
-                "echo",
-                if i == 4 { "other" } else { "me" },
-                &format!("m{i}"),
-                &r,
-                &[],
-                0,
-            )
-            .await
-            .unwrap();
-        }
-        let mut q = ListTasksQuery::default().0;
-        q.page_size = 2;
-        let p1 = s.list("echo", Some("me"), &q).await.unwrap().unwrap();
-        assert_eq!(p1.total, 4);
-        let ids: Vec<_> = p1.records.iter().map(|r| r.task().id.clone()).collect();
-        assert_eq!(ids, ["t3", "t2"]);
-        q.page_token = Some(p1.next_page_token.clone());
-        let p2 = s.list("echo", Some("me"), &q).await.unwrap().unwrap();
-        let ids: Vec<_> = p2.records.iter().map(|r| r.task().id.clone()).collect();
-        assert_eq!(ids, ["t1", "t0"]);
-        assert!(p2.next_page_token.is_empty());
-        q.page_token = None;
-        q.context_id = Some("even".into());
-        let all = s.list("echo", None, &q).await.unwrap().unwrap();
-        assert_eq!(all.total, 3);
-        q.page_token = Some("garbage!".into());
-        assert!(s.list("echo", None, &q).await.unwrap().is_err());
-    }
-
-    #[tokio::test]
-    async fn orphans_are_claimed_once_and_terminal_tasks_purged() {
-        let (_d, s) = db().await;
-        let r = record("t1", "c", 1);
-        s.create("echo", "o", "m1", &r, &[], 1).await.unwrap();
-        let claimed = s.claim_orphans(now_ms() + 30_000, 10).await.unwrap();
-        assert_eq!(claimed.len(), 1);
-        assert!(
-            s.claim_orphans(now_ms() + 30_000, 10)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        let mut done = claimed.into_iter().next().unwrap().record;
-        let ev = done.cancel(at(3), &Limits::default()).unwrap();
-        s.save("echo", "o", 0, &RecordRow::of(&done).unwrap(), &ev, None)
-            .await
-            .unwrap();
-        assert_eq!(s.purge(now_ms()).await.unwrap(), 1);
-        assert!(s.get("t1").await.unwrap().is_none());
-        assert_eq!(s.find_message("echo", "o", "m1").await.unwrap(), None);
-    }
-
-    /// A default query as `ListTasksRequest` builds it.
-    #[derive(Debug)]
-    struct ListTasksQuery(TaskQuery);
-    impl Default for ListTasksQuery {
-        fn default() -> Self {
-            Self(
-                kos_agents::requests::ListTasksRequest::default()
-                    .to_query()
-                    .unwrap(),
-            )
-        }
     }
 }
