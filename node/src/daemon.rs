@@ -395,8 +395,15 @@ async fn serve(
         });
     }
     let events = EventRecorder::new(stores.db.clone(), bus, &node_id);
-    let agents = crate::a2a::build(cfg, &stores.db, events.bus().clone(), &node_id, &tasks)
-        .context("starting the agent runtime")?;
+    let agents = crate::a2a::build(
+        cfg,
+        &stores.db,
+        events.bus().clone(),
+        &node_id,
+        &tasks,
+        metrics.clone(),
+    )
+    .context("starting the agent runtime")?;
     let boot = Arc::new(c.loaded);
     let config = ConfigRuntime::new(
         c.dir,

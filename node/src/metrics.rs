@@ -53,6 +53,11 @@ pub struct Metrics {
     pub auth_failures: Family<OutcomeLabels, Counter>,
     pub fedlog_ops: Family<OutcomeLabels, Counter>,
     pub fedlog_size: Gauge,
+    /// A2A turns ended, by how (`completed`, `failed`, `canceled`, `input_required`, ...,
+    /// `timed_out`, `stopped`).
+    pub a2a_turns: Family<OutcomeLabels, Counter>,
+    /// A2A turns running in this process.
+    pub a2a_turns_running: Gauge,
     current_snapshot: Mutex<Option<String>>,
 }
 
@@ -75,6 +80,18 @@ impl Metrics {
         let auth_failures = Family::<OutcomeLabels, Counter>::default();
         let fedlog_ops = Family::<OutcomeLabels, Counter>::default();
         let fedlog_size = Gauge::default();
+        let a2a_turns = Family::<OutcomeLabels, Counter>::default();
+        let a2a_turns_running = Gauge::default();
+        registry.register(
+            "a2a_turns",
+            "A2A agent turns ended, by outcome (the task state after the turn, timed_out, stopped)",
+            a2a_turns.clone(),
+        );
+        registry.register(
+            "a2a_turns_running",
+            "A2A agent turns running in this process",
+            a2a_turns_running.clone(),
+        );
         registry.register(
             "fedlog_ops",
             "Federation ops received or created, by outcome (inserted, known, refused:<reason>)",
@@ -161,6 +178,8 @@ impl Metrics {
             auth_failures,
             fedlog_ops,
             fedlog_size,
+            a2a_turns,
+            a2a_turns_running,
             current_snapshot: Mutex::new(None),
         }
     }

@@ -583,6 +583,25 @@ async fn a_principal_over_its_limit_gets_429_and_cancel_stops_a_running_turn() {
         events.last().unwrap()["statusUpdate"]["status"]["state"],
         "TASK_STATE_CANCELED"
     );
+    // The turns ended show in /metrics.
+    let metrics = n
+        .http
+        .get(n.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kos_a2a_turns_total{outcome=\"canceled\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kos_a2a_turns_total{outcome=\"completed\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kos_a2a_turns_running 0"), "{metrics}");
     // The slot is free again.
     assert_eq!(
         n.post(&t, "/a2a/echo/message:send", send_body("third", "x"))

@@ -168,6 +168,7 @@ struct Inner {
     node_id: String,
     tasks: Tasks,
     settings: HostSettings,
+    metrics: Arc<crate::metrics::Metrics>,
     /// Turns running in this process: task id -> their cancel token.
     running: Mutex<HashMap<String, CancelToken>>,
     /// Turns running per owner.
@@ -308,16 +309,30 @@ enum Begun {
     Duplicate(StoredTask),
 }
 
+/// The node's services a host runs on.
+#[derive(Debug)]
+pub struct HostParts {
+    pub store: TaskStore,
+    pub push: Option<Push>,
+    pub bus: Arc<dyn EventBus>,
+    /// The node id (the bus events' `node_id`).
+    pub node_id: String,
+    pub tasks: Tasks,
+    pub settings: HostSettings,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 impl AgentHost {
-    pub fn new(
-        agents: Vec<HostedAgent>,
-        store: TaskStore,
-        push: Option<Push>,
-        bus: Arc<dyn EventBus>,
-        node_id: &str,
-        tasks: Tasks,
-        settings: HostSettings,
-    ) -> Self {
+    pub fn new(agents: Vec<HostedAgent>, parts: HostParts) -> Self {
+        let HostParts {
+            store,
+            push,
+            bus,
+            node_id,
+            tasks,
+            settings,
+            metrics,
+        } = parts;
         let agents = agents
             .into_iter()
             .map(|h| {
@@ -336,9 +351,10 @@ impl AgentHost {
                 store,
                 push,
                 bus,
-                node_id: node_id.to_owned(),
+                node_id,
                 tasks,
                 settings,
+                metrics,
                 running: Mutex::new(HashMap::new()),
                 per_owner: Mutex::new(HashMap::new()),
                 turn_ended: tokio::sync::Notify::new(),
@@ -1311,6 +1327,7 @@ async fn run_turn(inner: Arc<Inner>, s: TurnStart) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(task_id.clone(), cancel.clone());
+    inner.metrics.a2a_turns_running.inc();
     let turn = Turn {
         task: record.task().clone(),
         message,
@@ -1376,8 +1393,16 @@ async fn run_turn(inner: Arc<Inner>, s: TurnStart) {
         }
     };
     match end {
-        End::Done(state) => info!(task_id, state = %state, "a2a: turn ended"),
+        End::Done(state) => {
+            info!(task_id, state = %state, "a2a: turn ended");
+            let outcome = state
+                .as_str()
+                .trim_start_matches("TASK_STATE_")
+                .to_ascii_lowercase();
+            crate::metrics::Metrics::outcome(&inner.metrics.a2a_turns, &outcome);
+        }
         End::TimedOut => {
+            crate::metrics::Metrics::outcome(&inner.metrics.a2a_turns, "timed_out");
             warn!(task_id, timeout = ?timeout, "a2a: turn timed out");
             let events = record.fail(
                 &format!(
@@ -1390,6 +1415,7 @@ async fn run_turn(inner: Arc<Inner>, s: TurnStart) {
             publish_change(&record, events).await;
         }
         End::Stopped => {
+            crate::metrics::Metrics::outcome(&inner.metrics.a2a_turns, "stopped");
             info!(
                 task_id,
                 "a2a: turn stopped by shutdown; the task resumes after a restart"
@@ -1406,6 +1432,7 @@ async fn run_turn(inner: Arc<Inner>, s: TurnStart) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .remove(&task_id);
+    inner.metrics.a2a_turns_running.dec();
     inner.turn_ended.notify_waiters();
 }
 

@@ -75,6 +75,7 @@ pub fn build(
     bus: Arc<dyn EventBus>,
     node_id: &str,
     tasks: &Tasks,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> anyhow::Result<Option<AgentHost>> {
     let mut agents = Vec::new();
     for (id, a) in &cfg.agents {
@@ -109,12 +110,15 @@ pub fn build(
     };
     let host = AgentHost::new(
         agents,
-        store::TaskStore::new(db.clone()),
-        push,
-        bus,
-        node_id,
-        tasks.clone(),
-        HostSettings::from_config(cfg),
+        host::HostParts {
+            store: store::TaskStore::new(db.clone()),
+            push,
+            bus,
+            node_id: node_id.to_owned(),
+            tasks: tasks.clone(),
+            settings: HostSettings::from_config(cfg),
+            metrics,
+        },
     );
     info!(agents = ?host.descriptors().map(|d| d.id.as_str()).collect::<Vec<_>>(), "A2A agents served under /a2a/<agent>");
     host.start();
