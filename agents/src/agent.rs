@@ -258,9 +258,10 @@ pub struct TurnEnd {
 }
 
 /// Runs one turn: the handler's updates are applied to `record` in order, and after each
-/// change `publish` gets the record and the events it caused; the future it returns (the
-/// node's write to its store and bus) is awaited before the next update is read, so the
-/// order of the stored events is the order of the changes. An update the lifecycle refuses
+/// change (or each burst of updates already queued, at most 64 events) `publish` gets the
+/// record and the events it caused; the future it returns (the node's write to its store and
+/// bus) is awaited before the next update is read, so the order of the stored events is the
+/// order of the changes. An update the lifecycle refuses
 /// fails the task and stops the handler (its sink closes); a fired cancel token cancels the
 /// task; a handler that returns without a final state fails the task
 /// ([`TaskRecord::finish_turn`]). `now` is read once per change.
@@ -284,20 +285,36 @@ where
     let consume = async {
         loop {
             let next = futures::future::select(rx.next(), cancel.cancelled()).await;
-            let update = match next {
+            let first = match next {
                 futures::future::Either::Left((Some(u), _)) if !cancel.is_cancelled() => u,
                 // Updates after a cancel are dropped; the cancel itself is applied below.
                 futures::future::Either::Left(_) | futures::future::Either::Right(_) => break,
             };
-            match record.apply(update, now(), limits) {
-                Ok(events) => publish(record, events).await,
-                Err(_) => {
-                    let events = record.fail("the agent produced an invalid update", now(), limits);
-                    publish(record, events).await;
-                    cancel.cancel();
-                    break;
+            // Updates already queued behind it are applied too and published together: one
+            // write of the store for a burst (status, artifact, final status), the events
+            // still one by one and in order.
+            let mut events = Vec::new();
+            let mut update = Some(first);
+            let mut refused = false;
+            while let Some(u) = update.take() {
+                match record.apply(u, now(), limits) {
+                    Ok(e) => events.extend(e),
+                    Err(_) => {
+                        refused = true;
+                        break;
+                    }
+                }
+                if events.len() < 64 && !cancel.is_cancelled() {
+                    update = rx.try_next().ok().flatten();
                 }
             }
+            if refused {
+                events.extend(record.fail("the agent produced an invalid update", now(), limits));
+                publish(record, events).await;
+                cancel.cancel();
+                break;
+            }
+            publish(record, events).await;
         }
         drop(rx);
     };

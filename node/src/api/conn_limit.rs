@@ -309,6 +309,9 @@ impl axum::serve::Listener for LimitedListener {
                     continue;
                 }
             };
+            // Small responses and SSE events go out at once, not after the peer's delayed
+            // ACK of the previous segment (Nagle: ~40 ms for an event right after headers).
+            let _ = stream.set_nodelay(true);
             match self.limits.admit_ip(total, addr.ip()) {
                 Some(permit) => return (self.limits.wrap(stream, permit), addr),
                 None => {
@@ -340,6 +343,7 @@ impl<S> axum_server::accept::Accept<TcpStream, S> for LimitAcceptor {
             Ok(a) => a.ip(),
             Err(e) => return std::future::ready(Err(e)),
         };
+        let _ = stream.set_nodelay(true);
         std::future::ready(match self.limits.try_admit(ip) {
             Some(permit) => Ok((self.limits.wrap(stream, permit), service)),
             None => Err(io::Error::other("too many API connections")),
