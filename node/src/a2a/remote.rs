@@ -192,6 +192,7 @@ impl RemoteAgent {
         &self,
         caller: &Caller,
         mut req: SendMessageRequest,
+        remember: bool,
     ) -> Result<SendMessageResponse, A2aError> {
         if let Some(t) = &req.message.task_id {
             self.owned(caller, t).await?;
@@ -203,7 +204,7 @@ impl RemoteAgent {
             .call("POST", self.path("/message:send", ""), Some(enc(&req)?))
             .await?;
         let out: SendMessageResponse = dec(v, &self.peer_text)?;
-        if let SendMessageResponse::Task(t) = &out {
+        if remember && let SendMessageResponse::Task(t) = &out {
             self.remember(caller, &t.id).await;
         }
         Ok(out)
@@ -289,15 +290,20 @@ impl RemoteAgent {
     ) -> Result<SendMessageResponse, A2aError> {
         let history = req.history_length()?;
         let immediately = req.return_immediately();
-        let out = self.send_now(caller, req).await?;
+        let out = self.send_now(caller, req, false).await?;
         let task = match &out {
             SendMessageResponse::Task(t) if !immediately && !t.status.state.ends_turn() => {
                 t.clone()
             }
-            _ => return Ok(out),
+            SendMessageResponse::Task(t) => {
+                self.remember(caller, &t.id).await;
+                return Ok(out);
+            }
+            SendMessageResponse::Message(_) => return Ok(out),
         };
+        // The owner is written while the first poll is under way (off the critical path).
         let events = self.poll(&task.id, 0);
-        let ended = tokio::time::timeout(self.blocking_wait, async {
+        let wait = tokio::time::timeout(self.blocking_wait, async {
             let mut events = events;
             while let Some(e) = events.next().await {
                 match e {
@@ -307,12 +313,12 @@ impl RemoteAgent {
                 }
             }
             Ok(())
-        })
-        .await;
+        });
+        let ((), ended) = tokio::join!(self.remember(caller, &task.id), wait);
         if let Ok(Err(e)) = ended {
             return Err(e);
         }
-        let t = self.get_task(caller, &task.id, history).await?;
+        let t = self.fetch_task(&task.id, history).await?;
         Ok(SendMessageResponse::Task(t))
     }
 
@@ -329,7 +335,7 @@ impl RemoteAgent {
             }
             None => 0,
         };
-        let first = match self.send_now(caller, req).await? {
+        let first = match self.send_now(caller, req, true).await? {
             SendMessageResponse::Message(m) => {
                 return Ok(Box::pin(futures::stream::iter([Ok(
                     StreamResponse::Message(m),
@@ -350,6 +356,17 @@ impl RemoteAgent {
         )))
     }
 
+    /// The task from the peer, without the owner check (the caller checked it).
+    async fn fetch_task(&self, task_id: &str, history: Option<usize>) -> Result<Task, A2aError> {
+        let q = history
+            .map(|h| format!("historyLength={h}"))
+            .unwrap_or_default();
+        let v = self
+            .call("GET", self.path(&format!("/tasks/{task_id}"), &q), None)
+            .await?;
+        dec(v, &self.peer_text)
+    }
+
     /// `GetTask`.
     pub async fn get_task(
         &self,
@@ -358,13 +375,7 @@ impl RemoteAgent {
         history: Option<usize>,
     ) -> Result<Task, A2aError> {
         self.owned(caller, task_id).await?;
-        let q = history
-            .map(|h| format!("historyLength={h}"))
-            .unwrap_or_default();
-        let v = self
-            .call("GET", self.path(&format!("/tasks/{task_id}"), &q), None)
-            .await?;
-        dec(v, &self.peer_text)
+        self.fetch_task(task_id, history).await
     }
 
     /// `ListTasks`: the peer lists this node's tasks; each caller gets its own (admins all).
