@@ -305,7 +305,7 @@ where
                     }
                 }
                 if events.len() < 64 && !cancel.is_cancelled() {
-                    update = rx.try_next().ok().flatten();
+                    update = rx.try_recv().ok();
                 }
             }
             if refused {
