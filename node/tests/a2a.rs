@@ -427,6 +427,17 @@ async fn both_bindings_send_get_list_stream_and_refuse_bad_requests() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // A body over api.max_body_bytes (1 MiB) is refused, on both bindings.
+    let big = send_body("big", &"x".repeat(1_100_000));
+    let r = n.post(&t, "/a2a/echo/message:send", big.clone()).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = n
+        .post(&t, "/a2a/echo/jsonrpc", json!({"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": big["message"].clone()}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["error"]["code"], -32600, "{v}");
     // Proto field names are read too (ProtoJSON parsers accept both spellings).
     let v = n
         .rpc(&t, "GetTask", json!({"id": id, "history_length": 0}))

@@ -184,11 +184,17 @@ fn ctx(state: AppState, req: &Request) -> Result<Ctx, A2aError> {
     Ok(Ctx { state, caller })
 }
 
-async fn body_of(req: Request) -> Result<Bytes, A2aError> {
+/// The request body, at most `api.max_body_bytes` (read whole: A2A bodies are JSON).
+async fn body_of(state: &AppState, req: Request) -> Result<Bytes, A2aError> {
     check_content_type(req.headers())?;
-    axum::body::to_bytes(req.into_body(), usize::MAX)
+    let limit = state.config.boot().config.api.max_body_bytes as usize;
+    axum::body::to_bytes(req.into_body(), limit)
         .await
-        .map_err(|_| A2aError::InvalidRequest("the request body is too large or unreadable".into()))
+        .map_err(|_| {
+            A2aError::InvalidRequest(format!(
+                "the request body is unreadable or larger than api.max_body_bytes ({limit} bytes)"
+            ))
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -361,7 +367,7 @@ pub async fn message_send(
     req: Request,
 ) -> RestResult {
     let c = ctx(state, &req)?;
-    let body = body_of(req).await?;
+    let body = body_of(&c.state, req).await?;
     let r: SendMessageRequest = parse_json(&body)?;
     let out = target(&c, &p)?.send_message(&c.caller, r).await?;
     ok_json(&out)
@@ -374,7 +380,7 @@ pub async fn message_stream(
     req: Request,
 ) -> RestResult {
     let c = ctx(state, &req)?;
-    let body = body_of(req).await?;
+    let body = body_of(&c.state, req).await?;
     let r: SendMessageRequest = parse_json(&body)?;
     let s = target(&c, &p)?.send_streaming(&c.caller, r).await?;
     Ok(sse(rest_events(s)))
@@ -519,7 +525,7 @@ pub async fn push_create(
 ) -> RestResult {
     let c = ctx(state, &req)?;
     let task_id = param(&p, "task")?.to_owned();
-    let body = body_of(req).await?;
+    let body = body_of(&c.state, req).await?;
     let mut cfg: TaskPushNotificationConfig = parse_json(&body)?;
     if !cfg.task_id.is_empty() && cfg.task_id != task_id {
         return Err(A2aError::invalid_field("taskId", "differs from the task in the path").into());
@@ -733,7 +739,7 @@ fn rpc_answer(resp: &JsonRpcResponse) -> Response {
 pub async fn jsonrpc(State(state): State<AppState>, Path(p): Params, req: Request) -> Response {
     let version = check_version(req.headers(), req.uri().query());
     let caller = caller(req.extensions().get::<Principal>());
-    let body = match body_of(req).await {
+    let body = match body_of(&state, req).await {
         Ok(b) => b,
         Err(e) => return rpc_answer(&JsonRpcResponse::failure(RequestId::Null, &e)),
     };
@@ -1093,7 +1099,9 @@ pub async fn list_agents(State(state): State<AppState>, headers: HeaderMap) -> R
                 });
             }
         }
-        agents.extend(futures::future::join_all(lookups).await);
+        // At most 16 card fetches at once (each a KLP call, bounded by 5 s).
+        let fetched: Vec<Value> = futures::stream::iter(lookups).buffered(16).collect().await;
+        agents.extend(fetched);
     }
     super::json(StatusCode::OK, json!({"agents": agents}))
 }
