@@ -499,30 +499,32 @@ impl AgentHost {
         }
     }
 
+    /// A place in the owner's count of running turns; past `a2a.max_tasks_per_principal`,
+    /// `TooManyTasks`.
     fn take_slot(&self, owner: &str) -> Result<OwnerSlot, A2aError> {
         let limit = self.inner.settings.max_tasks_per_principal.max(1);
-        let mut m = self
-            .inner
-            .per_owner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let n = m.entry(owner.to_owned()).or_insert(0);
-        if *n >= limit {
-            return Err(A2aError::TooManyTasks { running: *n, limit });
+        let mut m = self.owners();
+        let running = m.get(owner).copied().unwrap_or(0);
+        if running >= limit {
+            return Err(A2aError::TooManyTasks { running, limit });
         }
-        *n += 1;
-        Ok(OwnerSlot {
-            inner: self.inner.clone(),
-            owner: owner.to_owned(),
-        })
+        Ok(self.count_in(&mut m, owner))
     }
 
+    /// A place in the count whatever the limit (a recovered task resumes anyway).
     fn force_slot(&self, owner: &str) -> OwnerSlot {
-        let mut m = self
-            .inner
+        let mut m = self.owners();
+        self.count_in(&mut m, owner)
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.inner
             .per_owner
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn count_in(&self, m: &mut HashMap<String, u32>, owner: &str) -> OwnerSlot {
         *m.entry(owner.to_owned()).or_insert(0) += 1;
         OwnerSlot {
             inner: self.inner.clone(),
