@@ -437,6 +437,8 @@ impl Drop for Redis {
 }
 
 /// In-process federation nodes for the multi-node tests (`federation.rs`, `fedsync.rs`).
+pub mod a2a;
+
 pub mod fed {
     use std::path::{Path, PathBuf};
     use std::time::{Duration, Instant};

@@ -11,6 +11,7 @@ use std::time::Duration;
 use kos_node::auth::Role;
 use kos_node::auth::local::mint_named;
 use kos_node::daemon::RunningNode;
+use kos_tests::a2a::{send_body, sse_data};
 use kos_tests::fed::{Member, layout, start_listed, wait_until};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
@@ -115,27 +116,10 @@ impl Fed {
     }
 }
 
-fn send_body(message_id: &str, text: &str) -> Value {
-    json!({"message": {"role": "ROLE_USER", "messageId": message_id, "parts": [{"text": text}]}})
-}
-
 fn long(message_id: &str) -> Value {
     json!({"message": {"role": "ROLE_USER", "messageId": format!("test-resubscribe-message-id-{message_id}"),
                        "parts": [{"text": "x"}]},
            "configuration": {"returnImmediately": true}})
-}
-
-fn sse_data(text: &str) -> Vec<Value> {
-    text.split("\n\n")
-        .filter_map(|ev| {
-            let data: Vec<&str> = ev
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(str::trim)
-                .collect();
-            (!data.is_empty()).then(|| serde_json::from_str(&data.join("\n")).unwrap())
-        })
-        .collect()
 }
 
 async fn wait_state(f: &Fed, token: &str, id: &str, state: &str) {
@@ -244,7 +228,7 @@ async fn a_peers_agent_is_called_over_klp_with_cards_streams_cancel_and_idor() {
         .text()
         .await
         .unwrap();
-    let events = sse_data(&text);
+    let events = sse_data(&text).unwrap();
     assert!(events[0].get("task").is_some(), "{events:?}");
     assert_eq!(
         events
@@ -320,7 +304,8 @@ async fn a_peers_agent_is_called_over_klp_with_cards_streams_cancel_and_idor() {
             .await
             .unwrap()
             .unwrap(),
-    );
+    )
+    .unwrap();
     assert!(events[0].get("task").is_some(), "{events:?}");
     assert_eq!(
         events.last().unwrap()["statusUpdate"]["status"]["state"],
@@ -372,7 +357,7 @@ async fn a_peers_agent_is_called_over_klp_with_cards_streams_cancel_and_idor() {
         .unwrap()
         .unwrap();
     assert!(text.contains("event: error"), "{text}");
-    let last = sse_data(&text).pop().unwrap();
+    let last = sse_data(&text).unwrap().pop().unwrap();
     assert_eq!(last["error"]["status"], "UNAVAILABLE", "{last}");
     // And a call to a peer that is gone is 502 PeerUnavailable, not a hang.
     let r = f.get(&alice, &format!("/tasks/{done_id}")).await;

@@ -28,20 +28,12 @@ fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     kos_config::layout::init_layout(dir.path(), ProfileKind::DeveloperNode).unwrap();
     let path = dir.path().join("profiles/developer_node.yaml");
-    let profile = std::fs::read_to_string(&path).unwrap();
-    let mut out = String::new();
-    let mut skip = false;
-    for line in profile.lines() {
-        if !line.is_empty() && !line.starts_with([' ', '\t', '#']) {
-            skip = line.starts_with("auth:");
-        }
-        if !skip {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    let profile = format!("{out}\nauth:\n  jwt: enabled\na2a:\n  max_tasks_per_principal: 1\n");
-    std::fs::write(&path, profile).unwrap();
+    kos_tests::a2a::replace_sections(
+        &path,
+        &["auth:"],
+        "auth:\n  jwt: enabled\na2a:\n  max_tasks_per_principal: 1\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("agents/echo.yaml"),
         "enabled: true\nmax_concurrent_tasks: 8\ntask_timeout: 120s\nsettings:\n  long_wait: 60s\n",

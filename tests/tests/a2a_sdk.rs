@@ -46,24 +46,11 @@ async fn the_official_python_sdk_drives_the_echo_agent_over_both_bindings() {
     let dir = tempfile::tempdir().unwrap();
     kos_config::layout::init_layout(dir.path(), ProfileKind::Standalone).unwrap();
     let path = dir.path().join("profiles/standalone.yaml");
-    let profile: String = std::fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .scan(false, |in_auth, line| {
-            if !line.is_empty() && !line.starts_with([' ', '\t', '#']) {
-                *in_auth = line.starts_with("auth:");
-            }
-            Some(if *in_auth {
-                String::new()
-            } else {
-                format!("{line}\n")
-            })
-        })
-        .collect();
     // Loopback webhooks: the script's receiver listens on 127.0.0.1.
-    std::fs::write(
+    kos_tests::a2a::replace_sections(
         &path,
-        format!("{profile}\nauth:\n  jwt: enabled\na2a:\n  push:\n    allow_private: true\n"),
+        &["auth:"],
+        "auth:\n  jwt: enabled\na2a:\n  push:\n    allow_private: true\n",
     )
     .unwrap();
     std::fs::write(

@@ -45,7 +45,7 @@ use super::push::Push;
 use super::store::{Created, RecordRow, SaveError, StoredTask, TaskStore};
 use crate::bus::{BusError, BusEvent, EventBus, Subscription};
 use crate::runtime::Tasks;
-use crate::store::{StoreError, now_ms};
+use crate::store::now_ms;
 
 /// Kind of the bus events that carry task updates.
 pub const BUS_KIND: &str = "a2a.task";
@@ -1520,7 +1520,7 @@ impl Follow {
                         self.buffer.extend(events);
                         continue;
                     }
-                    Err(e) => return Some(Err(internal(StoreErrorText(e)))),
+                    Err(e) => return Some(Err(internal(e))),
                 }
             }
             match self.sub.recv().await {
@@ -1550,14 +1550,5 @@ impl Follow {
                 Err(_) => return None,
             }
         }
-    }
-}
-
-/// A store error as text for [`internal`] (logged, never shown).
-struct StoreErrorText(StoreError);
-
-impl std::fmt::Display for StoreErrorText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
     }
 }

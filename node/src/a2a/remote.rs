@@ -60,7 +60,8 @@ impl std::fmt::Debug for RemoteAgent {
     }
 }
 
-fn enc<T: serde::Serialize>(v: &T) -> Result<Value, A2aError> {
+/// A value as JSON for an answer or a request (a failure is internal: our own types).
+pub(crate) fn enc<T: serde::Serialize>(v: &T) -> Result<Value, A2aError> {
     serde_json::to_value(v).map_err(|_| A2aError::Internal)
 }
 

@@ -54,7 +54,7 @@ use sha2::Digest as _;
 use super::AppState;
 use crate::a2a::host::{AgentHost, Caller, EventStream};
 use crate::a2a::push::PushError;
-use crate::a2a::remote::RemoteAgent;
+use crate::a2a::remote::{RemoteAgent, enc};
 use crate::a2a::store::TaskStore;
 use crate::auth::{Principal, Role};
 
@@ -613,7 +613,6 @@ async fn push_op(
         return Err(A2aError::invalid_field("taskId", "is required"));
     }
     host.check_visible(agent, caller, &task_id).await?;
-    let enc = |v: &dyn erased::Ser| v.to_value();
     match r {
         // Also on a terminal task (spec §3.1.7 lists no error for it): stored, and never
         // used, as a terminal task has no more updates.
@@ -652,18 +651,6 @@ async fn push_op(
 fn store_error(e: crate::store::StoreError) -> A2aError {
     tracing::warn!(error = %e, "a2a: push config store error");
     A2aError::Internal
-}
-
-/// Serializes answers of different types through one path.
-mod erased {
-    pub trait Ser {
-        fn to_value(&self) -> Result<serde_json::Value, kos_agents::A2aError>;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn to_value(&self) -> Result<serde_json::Value, kos_agents::A2aError> {
-            serde_json::to_value(self).map_err(|_| kos_agents::A2aError::Internal)
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -773,7 +760,6 @@ enum RpcOut {
 }
 
 async fn rpc_call(c: &Ctx, t: &Target<'_>, call: A2aRequest) -> Result<RpcOut, A2aError> {
-    let value = |v: &dyn erased::Ser| v.to_value().map(RpcOut::Value);
     let caller = &c.caller;
     let id = match &call {
         A2aRequest::GetTask(r) => Some(&r.id),
@@ -785,7 +771,7 @@ async fn rpc_call(c: &Ctx, t: &Target<'_>, call: A2aRequest) -> Result<RpcOut, A
         return Err(A2aError::invalid_field("id", "is required"));
     }
     match call {
-        A2aRequest::SendMessage(r) => value(&t.send_message(caller, r).await?),
+        A2aRequest::SendMessage(r) => Ok(RpcOut::Value(enc(&t.send_message(caller, r).await?)?)),
         A2aRequest::SendStreamingMessage(r) => {
             Ok(RpcOut::Stream(t.send_streaming(caller, r).await?))
         }
@@ -793,11 +779,13 @@ async fn rpc_call(c: &Ctx, t: &Target<'_>, call: A2aRequest) -> Result<RpcOut, A
             id, history_length, ..
         }) => {
             let history = kos_agents::requests::history_length(history_length, "historyLength")?;
-            value(&t.get_task(caller, &id, history).await?)
+            Ok(RpcOut::Value(enc(&t
+                .get_task(caller, &id, history)
+                .await?)?))
         }
-        A2aRequest::ListTasks(r) => value(&t.list_tasks(caller, &r).await?),
+        A2aRequest::ListTasks(r) => Ok(RpcOut::Value(enc(&t.list_tasks(caller, &r).await?)?)),
         A2aRequest::CancelTask(CancelTaskRequest { id, .. }) => {
-            value(&t.cancel_task(caller, &id).await?)
+            Ok(RpcOut::Value(enc(&t.cancel_task(caller, &id).await?)?))
         }
         A2aRequest::SubscribeToTask(SubscribeToTaskRequest { id, .. }) => {
             Ok(RpcOut::Stream(t.subscribe(caller, &id).await?))
@@ -864,14 +852,10 @@ fn card_context(state: &AppState, headers: &HeaderMap) -> CardContext {
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("kOS node {}", state.identity.id())),
-            url: base_url_or_empty(&a2a.public_url),
+            url: a2a.public_url.clone().unwrap_or_default(),
         }),
         documentation_url: None,
     }
-}
-
-fn base_url_or_empty(u: &Option<String>) -> String {
-    u.clone().unwrap_or_default()
 }
 
 /// The signed card of a hosted agent as JSON.
@@ -891,7 +875,7 @@ pub fn agent_card(state: &AppState, headers: &HeaderMap, agent: &str) -> Result<
         &state.identity.id().to_string(),
     )
     .map_err(|_| A2aError::Internal)?;
-    serde_json::to_value(&card).map_err(|_| A2aError::Internal)
+    enc(&card)
 }
 
 fn card_response(state: &AppState, headers: &HeaderMap, card: &Value) -> Response {
@@ -966,7 +950,7 @@ fn proxy_card(
         &state.identity.id().to_string(),
     )
     .map_err(|_| A2aError::Internal)?;
-    serde_json::to_value(&card).map_err(|_| A2aError::Internal)
+    enc(&card)
 }
 
 /// `GET /a2a/peers/{peer}/{agent}/.well-known/agent-card.json`: a peer's agent as this node

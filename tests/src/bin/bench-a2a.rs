@@ -32,6 +32,7 @@ use kos_config::ProfileKind;
 use kos_node::auth::Role;
 use kos_node::auth::local::mint_named;
 use kos_node::daemon::{NodeOptions, RunningNode, start};
+use kos_tests::a2a::{replace_sections, send_body};
 use kos_tests::fed::{Member, layout, start_listed, wait_until};
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
@@ -78,10 +79,6 @@ fn rss() -> Result<u64> {
     Ok(kb * 1024)
 }
 
-fn send_body(message_id: &str, text: &str) -> Value {
-    json!({"message": {"role": "ROLE_USER", "messageId": message_id, "parts": [{"text": text}]}})
-}
-
 /// A unique message id.
 fn mid(tag: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -105,26 +102,6 @@ fn standalone(dir: &Path) -> Result<()> {
 
 const ECHO: &str =
     "enabled: true\nmax_concurrent_tasks: 1024\ntask_timeout: 300s\nsettings:\n  long_wait: 120s\n";
-
-/// Drops the top-level sections starting with `names` from a YAML profile and appends `add`.
-fn replace_sections(path: &Path, names: &[&str], add: &str) -> Result<()> {
-    let profile = std::fs::read_to_string(path)?;
-    let mut out = String::new();
-    let mut skip = false;
-    for line in profile.lines() {
-        if !line.is_empty() && !line.starts_with([' ', '\t', '#']) {
-            skip = names.iter().any(|n| line.starts_with(n));
-        }
-        if !skip {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out.push('\n');
-    out.push_str(add);
-    std::fs::write(path, out)?;
-    Ok(())
-}
 
 fn token(node: &RunningNode, dir: &Path, sub: &str) -> Result<String> {
     let config = node.state.config.current().config.clone();
